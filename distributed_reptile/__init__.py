@@ -1,0 +1,35 @@
+"""distributed_reptile: Reptile meta-learning for Stable-Baselines3, with inner loops on Ray."""
+
+from distributed_reptile.algorithms import BaseMetaAlgorithm, NonFiniteWeightsError, ReptileMetaRL
+from distributed_reptile.budget import compute_updates
+from distributed_reptile.checkpoint import CheckpointError
+from distributed_reptile.inner import AdaptedResult, InnerLearner, TaskJob
+from distributed_reptile.runners import TaskFailedError
+from distributed_reptile.schedules import (
+    ConstantSchedule,
+    LinearSchedule,
+    constant_schedule,
+    linear_schedule,
+)
+from distributed_reptile.tasks import ListTask, TaskGenerator, TaskSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptedResult",
+    "BaseMetaAlgorithm",
+    "CheckpointError",
+    "ConstantSchedule",
+    "InnerLearner",
+    "LinearSchedule",
+    "ListTask",
+    "NonFiniteWeightsError",
+    "ReptileMetaRL",
+    "TaskFailedError",
+    "TaskGenerator",
+    "TaskJob",
+    "TaskSpec",
+    "compute_updates",
+    "constant_schedule",
+    "linear_schedule",
+]

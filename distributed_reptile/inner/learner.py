@@ -1,0 +1,242 @@
+"""InnerLearner: one task's inner loop (SB3 ``.learn()``), the same code in-process and in a Ray actor."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import Logger, configure
+from stable_baselines3.common.utils import check_for_correct_spaces
+
+from distributed_reptile.tasks.spec import TaskSpec
+from distributed_reptile.weights import NumpyWeights, load_numpy_into_module, parameters_to_numpy
+
+
+@dataclass
+class TaskJob:
+    """One unit of inner-loop work: a task, its seed and its place in the batch."""
+
+    spec: TaskSpec
+    task_seed: int
+    index: int
+    tb_log_dir: str | None = None
+
+
+@dataclass
+class AdaptedResult:
+    """What a worker sends back: the adapted weights (numpy) and what happened on the way."""
+
+    meta_step: int
+    index: int
+    weights: NumpyWeights
+    episode_returns: list[float]
+    env_steps: int
+    timings: dict[str, float] = field(default_factory=dict)
+    worker: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)
+
+
+def _recursive_getattr(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class InnerLearner:
+    """Runs the inner loop of one task at a time, reusing one SB3 model across tasks.
+
+    Every task gets a fresh start, bit for bit the same as a newly built model's: the task's env,
+    the meta weights in the whole policy (targets included), cleared optimizer states, restored
+    extra tensors (SAC's entropy coefficient), an empty replay buffer, reset counters, then one
+    seeding point (``task_seed``) right before ``learn(inner_steps, reset_num_timesteps=True)``.
+
+    :param rl_algorithm: SB3 algorithm class (``PPO``, ``SAC``, ``sb3_contrib.TRPO``...).
+    :param rl_algo_kwargs: its keyword arguments, ``policy`` included (default ``"MlpPolicy"``).
+    :param inner_steps: env steps of one inner loop.
+    :param inner_loop_params: extra keyword arguments of ``learn``.
+    :param device: torch device of the task models.
+    :param reuse_model: keep one model across tasks (``False`` builds a new one per task).
+    :param torch_threads: torch intra-op threads while a task runs (1 keeps results independent of
+        the machine and of how many workers share it).
+    :param expected_spaces: ``(observation_space, action_space)`` of the meta policy, checked on every env.
+    """
+
+    def __init__(
+        self,
+        rl_algorithm: type[BaseAlgorithm],
+        rl_algo_kwargs: Mapping[str, Any],
+        inner_steps: int,
+        inner_loop_params: Mapping[str, Any] | None = None,
+        device: str = "cpu",
+        reuse_model: bool = True,
+        torch_threads: int | None = 1,
+        expected_spaces: tuple[Any, Any] | None = None,
+    ) -> None:
+        self.rl_algorithm = rl_algorithm
+        self.rl_algo_kwargs = dict(rl_algo_kwargs)
+        self.inner_steps = int(inner_steps)
+        self.inner_loop_params = dict(inner_loop_params or {})
+        self.device = device
+        self.reuse_model = reuse_model
+        self.torch_threads = torch_threads
+        self.expected_spaces = expected_spaces
+        self.model: BaseAlgorithm | None = None
+        self.meta_weights: NumpyWeights = {}
+        self._fresh_tensors: dict[str, th.Tensor] = {}
+        self.tasks_run = 0
+
+    # ------------------------------------------------------------------ entry point
+    def run(self, job: TaskJob, meta_weights: NumpyWeights) -> AdaptedResult:
+        """Adapt the meta weights to ``job``'s task and return the adapted parameters."""
+        previous_threads = th.get_num_threads()
+        if self.torch_threads is not None and previous_threads != self.torch_threads:
+            th.set_num_threads(self.torch_threads)
+        t0 = time.perf_counter()
+        env = job.spec.build_env()
+        owns_env = job.spec.env is None
+        try:
+            self._check_spaces(env, job.spec)
+            t_env = time.perf_counter()
+            model = self.prepare_model(env)
+            self.meta_weights = meta_weights
+            self.copy_meta_to_task(model)
+            self.reset_task_state(model)
+            self._set_task_logger(model, job.tb_log_dir)
+            model.set_random_seed(job.task_seed)
+            t_ready = time.perf_counter()
+            self.inner_adapt(model)
+            t_learn = time.perf_counter()
+            weights = parameters_to_numpy(model.policy)
+            returns = _episode_returns(model)
+            env_steps = int(model.num_timesteps)
+        finally:
+            self.meta_weights = {}
+            if owns_env:
+                env.close()
+            if not self.reuse_model:
+                self.model = None
+            if self.torch_threads is not None and previous_threads != self.torch_threads:
+                th.set_num_threads(previous_threads)
+        self.tasks_run += 1
+        return AdaptedResult(
+            meta_step=job.spec.meta_step,
+            index=job.index,
+            weights=weights,
+            episode_returns=returns,
+            env_steps=env_steps,
+            timings={
+                "env_build": t_env - t0,
+                "model_ready": t_ready - t_env,
+                "learn": t_learn - t_ready,
+                "total": time.perf_counter() - t0,
+            },
+            worker=_worker_info(),
+            task=job.spec.describe(),
+        )
+
+    # ------------------------------------------------------------------ override points
+    def build_model(self, env: Any) -> BaseAlgorithm:
+        """A new SB3 model on ``env`` (same construction as the meta model)."""
+        kwargs = dict(self.rl_algo_kwargs)
+        policy = kwargs.pop("policy", "MlpPolicy")
+        device = kwargs.pop("device", self.device)
+        return self.rl_algorithm(env=env, policy=policy, device=device, **kwargs)
+
+    def copy_meta_to_task(self, task_model: BaseAlgorithm) -> None:
+        """Load the meta weights (``self.meta_weights``) into the whole task policy."""
+        load_numpy_into_module(task_model.policy, self.meta_weights)
+
+    def inner_adapt(self, task_model: BaseAlgorithm) -> None:
+        """The inner loop: SB3 ``learn`` for ``inner_steps`` env steps from a fresh start."""
+        params = dict(self.inner_loop_params)
+        params["reset_num_timesteps"] = True
+        task_model.learn(self.inner_steps, **params)
+
+    # ------------------------------------------------------------------ fresh start
+    def prepare_model(self, env: Any) -> BaseAlgorithm:
+        """Build the model on the first task (or every task without reuse); afterwards swap the env."""
+        if self.model is None:
+            self.model = self.build_model(env)
+            self._snapshot_fresh_tensors(self.model)
+        else:
+            self.model.set_env(env, force_reset=True)
+        return self.model
+
+    def reset_task_state(self, model: BaseAlgorithm) -> None:
+        """Give ``model`` the optimizer, buffer and counter state of a newly built model."""
+        state_dicts, tensors = model._get_torch_save_params()
+        for name in state_dicts:
+            obj = _recursive_getattr(model, name)
+            if isinstance(obj, th.optim.Optimizer):
+                obj.state.clear()
+        with th.no_grad():
+            for name in tensors:
+                if name in self._fresh_tensors:
+                    _recursive_getattr(model, name).copy_(self._fresh_tensors[name])
+        buffer = getattr(model, "replay_buffer", None)
+        if buffer is not None:
+            buffer.reset()
+        model._n_updates = 0
+        if hasattr(model, "_n_calls"):
+            model._n_calls = 0
+
+    def _snapshot_fresh_tensors(self, model: BaseAlgorithm) -> None:
+        _, tensors = model._get_torch_save_params()
+        self._fresh_tensors = {
+            name: _recursive_getattr(model, name).detach().clone() for name in tensors
+        }
+
+    def _set_task_logger(self, model: BaseAlgorithm, tb_log_dir: str | None) -> None:
+        if tb_log_dir is not None:
+            model.set_logger(configure(tb_log_dir, ["tensorboard"]))
+        else:
+            # A logger with no outputs: SB3 would otherwise make an empty /tmp/SB3-* folder per task.
+            model.set_logger(Logger(folder=None, output_formats=[]))
+
+    def _check_spaces(self, env: Any, spec: TaskSpec) -> None:
+        if self.expected_spaces is None:
+            return
+        obs_space, act_space = self.expected_spaces
+        try:
+            check_for_correct_spaces(env, obs_space, act_space)
+        except ValueError as exc:
+            raise ValueError(
+                f"Task at meta step {spec.meta_step} (info={spec.info}) has spaces that differ from the "
+                f"meta policy's: {exc}. Every task of a family must share observation and action spaces."
+            ) from exc
+
+
+def _episode_returns(model: BaseAlgorithm) -> list[float]:
+    env = model.get_env()
+    if env is not None:
+        try:
+            per_env = env.env_method("get_episode_rewards")
+            return [float(r) for rewards in per_env for r in rewards]
+        except (AttributeError, NotImplementedError):
+            pass
+    return [float(ep["r"]) for ep in (model.ep_info_buffer or [])]
+
+
+def _worker_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            info["node_id"] = ctx.get_node_id()
+            info["node_ip"] = ray.util.get_node_ip_address()
+    except Exception:  # pragma: no cover - informational only
+        pass
+    return info
+
+
+def mean_or_nan(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")

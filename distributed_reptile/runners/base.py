@@ -1,0 +1,52 @@
+"""What every runner offers the trainer: tasks in, adapted results out, in task order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from distributed_reptile.inner.learner import AdaptedResult, InnerLearner, TaskJob
+from distributed_reptile.tasks.spec import TaskSpec
+from distributed_reptile.weights import NumpyWeights
+
+LearnerFactory = Callable[[], InnerLearner]
+
+
+class TaskSourceHandle(Protocol):
+    """The trainer's view of the task source, local or a Ray actor."""
+
+    def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]: ...
+
+    def reset_history(self) -> None: ...
+
+    def history(self) -> list[dict[str, Any]] | None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Runner(Protocol):
+    """Runs inner loops; knows nothing of the meta-update."""
+
+    num_workers: int
+
+    def run_batch(self, jobs: list[TaskJob], meta_weights: NumpyWeights) -> Iterator[AdaptedResult]:
+        """Yield one result per job, in job order (``job.index``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TaskFailedError(RuntimeError):
+    """An inner loop failed; the message names the task and the original error."""
+
+    def __init__(self, job: TaskJob, cause: BaseException, worker: str = "") -> None:
+        spec = job.spec.describe()
+        where = f" on {worker}" if worker else ""
+        super().__init__(
+            f"Inner loop of task meta_step={spec['meta_step']} (random_seed={spec['random_seed']}, "
+            f"info={spec['info']}){where} failed: {type(cause).__name__}: {cause}"
+        )
+        self.job = job
+        self.cause = cause

@@ -1,0 +1,215 @@
+"""TaskGenerator: static or callable-based task sampling with a revisit history."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from distributed_reptile.tasks.spec import TaskCallable, TaskSpec, check_task_pair
+
+ListTask = list[tuple[gym.Env, dict[str, Any]]]
+RevisitWeightFn = Callable[[list[dict[str, Any]]], Sequence[float]]
+
+SAMPLING_METHODS = ("cyclic", "random", "weighted")
+_MAX_TASK_SEED = 2**31 - 1
+
+
+def accepts_named_arg(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` takes ``name`` as a keyword argument."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class TaskGenerator:
+    """Meta-RL task generator.
+
+    Two modes:
+
+    * static: ``tasks`` is a list of ``(env, info)``; ``sampling_method`` picks one per meta step
+      (``"cyclic"``: ``meta_step % n``, ``"random"``, or ``"weighted"`` with ``sampling_weights``).
+    * callable: ``task_callable(random_seed=..., **task_callable_params) -> (env, info)`` builds a
+      task from a seed. New seeds come from the generator's own RNG (``generator_seed``). Past tasks
+      are kept in a history and, once ``meta_step >= revisit_start``, revisited with probability
+      ``revisit_ratio``; which one follows ``sampling_method`` (``"cyclic"``, ``"random"``, or
+      ``"weighted"`` via ``revisit_weight_fn(history) -> weights``).
+
+    :param tasks: static list of ``(env, info)`` pairs.
+    :param task_callable: builds ``(env, info)`` from ``random_seed`` (must accept it by name).
+    :param task_callable_params: extra keyword arguments of ``task_callable``.
+    :param revisit_ratio: probability of revisiting a past task (callable mode).
+    :param revisit_start: first meta step at which revisits may happen.
+    :param sampling_method: ``"cyclic"``, ``"random"`` or ``"weighted"``.
+    :param sampling_weights: one weight per static task (``"weighted"`` sampling).
+    :param generator_seed: seed of the generator's RNG; ``None`` is non-deterministic (the trainer
+        fills it from its own ``seed`` when you leave it out).
+    :param revisit_weight_fn: ``history -> weights`` for weighted revisits.
+    :param history: keep a history of sampled tasks (``False`` disables revisits).
+    """
+
+    def __init__(
+        self,
+        tasks: ListTask | None = None,
+        task_callable: TaskCallable | None = None,
+        task_callable_params: dict[str, Any] | None = None,
+        revisit_ratio: float = 0.15,
+        revisit_start: int = 1,
+        sampling_method: str = "random",
+        sampling_weights: Sequence[float] | None = None,
+        generator_seed: int | None = None,
+        revisit_weight_fn: RevisitWeightFn | None = None,
+        history: bool = True,
+    ) -> None:
+        if (tasks is None) == (task_callable is None):
+            raise ValueError(
+                "TaskGenerator needs exactly one of `tasks` (a list of (env, info)) or "
+                "`task_callable` (a function random_seed -> (env, info))."
+            )
+        if sampling_method not in SAMPLING_METHODS:
+            raise ValueError(
+                f"Unknown sampling_method {sampling_method!r}: use one of {', '.join(SAMPLING_METHODS)}."
+            )
+        if tasks is not None:
+            tasks = list(tasks)
+            if not tasks:
+                raise ValueError("`tasks` must be a non-empty list of (env, info) pairs.")
+            for i, pair in enumerate(tasks):
+                check_task_pair(tuple(pair) if isinstance(pair, list) else pair, where=f"tasks[{i}]")
+            if sampling_method == "weighted":
+                if sampling_weights is None or len(sampling_weights) != len(tasks):
+                    raise ValueError(
+                        "sampling_method='weighted' needs `sampling_weights` with one weight per task "
+                        f"({len(tasks)} tasks, got "
+                        f"{'none' if sampling_weights is None else len(sampling_weights)})."
+                    )
+        if task_callable is not None:
+            if not callable(task_callable):
+                raise TypeError(f"task_callable must be callable, got {type(task_callable).__name__}.")
+            if not accepts_named_arg(task_callable, "random_seed"):
+                raise TypeError(
+                    f"task_callable {getattr(task_callable, '__name__', task_callable)!r} must accept a "
+                    "`random_seed` keyword argument: define it as `def make_task(random_seed, **params)`."
+                )
+        if not 0.0 <= revisit_ratio <= 1.0:
+            raise ValueError(f"revisit_ratio must lie in [0, 1], got {revisit_ratio}.")
+
+        self.tasks = tasks
+        self.task_callable = task_callable
+        self.task_callable_params = dict(task_callable_params or {})
+        self.revisit_ratio = float(revisit_ratio)
+        self.revisit_start = int(revisit_start)
+        self.sampling_method = sampling_method
+        self.sampling_weights = None if sampling_weights is None else [float(w) for w in sampling_weights]
+        self.generator_seed = generator_seed
+        self.revisit_weight_fn = revisit_weight_fn
+        self.history = bool(history)
+
+        self._rng = np.random.default_rng(generator_seed)
+        self.revisit_counter = 0
+        self.selected_tasks: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ protocol
+    def reset_history(self) -> None:
+        """Forget past tasks (the RNG stream goes on)."""
+        self.selected_tasks = []
+        self.revisit_counter = 0
+
+    def get_task(self, meta_step: int, seed: int | None = None) -> tuple[gym.Env, dict[str, Any], int | None]:
+        """Generate or retrieve a task: ``(env, info, origin_meta_step)``."""
+        spec = self.sample_spec(meta_step, seed=seed)
+        return spec.build_env(), spec.info, spec.origin_meta_step
+
+    def sample_spec(self, meta_step: int, seed: int | None = None) -> TaskSpec:
+        """Like :meth:`get_task`, but returns a picklable :class:`TaskSpec` instead of an env."""
+        if self.tasks is not None:
+            env, info = self.tasks[self._static_index(meta_step)]
+            return TaskSpec(meta_step=meta_step, info=dict(info or {}), origin_meta_step=None, env=env)
+
+        can_revisit = self.history and meta_step >= self.revisit_start and bool(self.selected_tasks)
+        if can_revisit and self._rng.random() < self.revisit_ratio:
+            record = self.selected_tasks[self._revisit_index()]
+            record["meta_steps"].append(meta_step)
+            return self._callable_spec(
+                meta_step, record["seed"], record["task_info"], record["first_meta_step"], revisit=True
+            )
+
+        if seed is None:
+            seed = int(self._rng.integers(0, _MAX_TASK_SEED))
+        info = self._task_info(seed)
+        if self.history:
+            self.selected_tasks.append(
+                {"seed": seed, "first_meta_step": meta_step, "meta_steps": [meta_step], "task_info": info}
+            )
+        return self._callable_spec(meta_step, seed, info, meta_step, revisit=False)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the exact same task stream (RNG, history, counters)."""
+        return {
+            "rng": copy.deepcopy(self._rng.bit_generator.state),
+            "selected_tasks": copy.deepcopy(self.selected_tasks),
+            "revisit_counter": self.revisit_counter,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self.selected_tasks = copy.deepcopy(state["selected_tasks"])
+        self.revisit_counter = int(state["revisit_counter"])
+
+    # ------------------------------------------------------------------ helpers
+    def _static_index(self, meta_step: int) -> int:
+        assert self.tasks is not None
+        n = len(self.tasks)
+        if self.sampling_method == "cyclic":
+            return meta_step % n
+        if self.sampling_method == "random":
+            return int(self._rng.integers(0, n))
+        weights = np.asarray(self.sampling_weights, dtype=float)
+        return int(self._rng.choice(n, p=weights / weights.sum()))
+
+    def _revisit_index(self) -> int:
+        n = len(self.selected_tasks)
+        self.revisit_counter += 1
+        if self.sampling_method == "cyclic":
+            return (self.revisit_counter - 1) % n
+        if self.sampling_method == "random":
+            return int(self._rng.integers(0, n))
+        if self.revisit_weight_fn is None:
+            raise ValueError(
+                "sampling_method='weighted' revisits need `revisit_weight_fn(history) -> weights`; "
+                "pass one, or use sampling_method='random'."
+            )
+        weights = np.asarray(list(self.revisit_weight_fn(self.selected_tasks)), dtype=float)
+        if weights.shape != (n,):
+            raise ValueError(f"revisit_weight_fn must return one weight per task: got {weights.size} for {n} tasks.")
+        if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
+            raise ValueError("revisit_weight_fn must return finite, non-negative weights with a positive sum.")
+        return int(self._rng.choice(n, p=weights / weights.sum()))
+
+    def _task_info(self, seed: int) -> dict[str, Any]:
+        assert self.task_callable is not None
+        env, info = check_task_pair(
+            self.task_callable(random_seed=seed, **self.task_callable_params), where="task_callable"
+        )
+        env.close()
+        return info
+
+    def _callable_spec(
+        self, meta_step: int, seed: int, info: dict[str, Any], origin: int, revisit: bool
+    ) -> TaskSpec:
+        return TaskSpec(
+            meta_step=meta_step,
+            info=info,
+            origin_meta_step=origin,
+            random_seed=seed,
+            task_callable=self.task_callable,
+            task_callable_params=self.task_callable_params,
+            revisit=revisit,
+        )
