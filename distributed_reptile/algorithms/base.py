@@ -177,6 +177,8 @@ class BaseMetaAlgorithm(ABC):
         self._runner: Runner | None = None
         self._closed = False
         self._last_update_norm = float("nan")
+        self._bar: Any = None
+        self._task_seed_mode = "generator"
 
         try:
             self._start_backend()
@@ -463,6 +465,7 @@ class BaseMetaAlgorithm(ABC):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.outer_steps, initial=self.num_outer_steps, unit="outer step")
+        self._bar = bar
         last_saved = -1
         try:
             while self.num_outer_steps < self.outer_steps:
@@ -484,6 +487,7 @@ class BaseMetaAlgorithm(ABC):
         finally:
             if bar is not None:
                 bar.close()
+            self._bar = None
             if self.meta_logger is not None:
                 self.meta_logger.close()
                 self.meta_logger = None
@@ -575,12 +579,16 @@ class BaseMetaAlgorithm(ABC):
 
     def _log_record(self, record: dict[str, Any]) -> None:
         if self.verbose >= 1:
-            print(
+            line = (
                 f"[outer {record['outer_step']}/{self.outer_steps}] return {record['ep_return_mean']:.2f} "
                 f"(min {record['ep_return_min']:.2f}, max {record['ep_return_max']:.2f}), "
                 f"{record['env_steps']} env steps, {record['step_seconds']:.2f}s "
                 f"(waited {record['wait_seconds']:.2f}s, meta-update {record['meta_update_seconds'] * 1e3:.1f}ms)"
             )
+            if self._bar is not None:
+                self._bar.write(line)
+            else:
+                print(line)
         if self.meta_logger is None:
             return
         log = self.meta_logger
@@ -667,7 +675,7 @@ class BaseMetaAlgorithm(ABC):
             "num_outer_steps": self.num_outer_steps,
             "outer_steps": self.outer_steps,
             "seed": self.seed,
-            "task_seed_mode": getattr(self, "_task_seed_mode", "generator"),
+            "task_seed_mode": self._task_seed_mode,
             "meta_lr_current": self.current_meta_lr,
             "last_optimizer_meta_lr": self._last_optimizer_meta_lr,
             "config": _json_safe(self._init_kwargs),
@@ -696,6 +704,8 @@ class BaseMetaAlgorithm(ABC):
         trainer = cls(**kwargs)
         try:
             trainer.load_checkpoint_state(folder, state)
+            if "outer_steps" in overrides:
+                trainer.outer_steps = _positive_int("outer_steps", overrides["outer_steps"])
         except BaseException:
             trainer.close()
             raise
