@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -62,7 +63,15 @@ def ray_session():
 
     from distributed_reptile.ray_utils import ensure_ray
 
-    started = ensure_ray(num_cpus=4, ray_init_kwargs={"log_to_driver": False})
+    tests_dir = str(Path(__file__).resolve().parent)
+    started = ensure_ray(
+        num_cpus=4,
+        ray_init_kwargs={
+            "log_to_driver": False,
+            # workers import task callables defined in the tests
+            "runtime_env": {"env_vars": {"PYTHONPATH": tests_dir}},
+        },
+    )
     yield ray
     if started:
         ray.shutdown()

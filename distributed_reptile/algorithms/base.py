@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -254,7 +255,8 @@ class BaseMetaAlgorithm(ABC):
 
     def instantiate_model(self, env: Any, rl_algo_kwargs: dict[str, Any] | None = None) -> BaseAlgorithm:
         """An SB3 model on ``env``; the meta model's initial weights come from ``seed``."""
-        params = dict(rl_algo_kwargs if rl_algo_kwargs is not None else self.rl_algo_kwargs)
+        # SB3 edits policy_kwargs in place: never hand it the user's dict.
+        params = copy.deepcopy(rl_algo_kwargs if rl_algo_kwargs is not None else self.rl_algo_kwargs)
         policy = params.pop("policy", "MlpPolicy")
         device = params.pop("device", self.device)
         set_random_seed(derive_seed(self.seed, _INIT_STREAM))

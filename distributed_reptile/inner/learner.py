@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import time
@@ -144,7 +145,7 @@ class InnerLearner:
     # ------------------------------------------------------------------ override points
     def build_model(self, env: Any) -> BaseAlgorithm:
         """A new SB3 model on ``env`` (same construction as the meta model)."""
-        kwargs = dict(self.rl_algo_kwargs)
+        kwargs = copy.deepcopy(self.rl_algo_kwargs)  # SB3 edits policy_kwargs in place
         policy = kwargs.pop("policy", "MlpPolicy")
         device = kwargs.pop("device", self.device)
         return self.rl_algorithm(env=env, policy=policy, device=device, **kwargs)

@@ -126,7 +126,16 @@ class RayRunner:
         self._learner_factory = learner_factory
         self.actors = [self._actor_cls.options(**self.actor_options).remote(learner_factory)
                        for _ in range(self.num_workers)]
-        self.worker_info = ray.get([a.ready.remote() for a in self.actors])
+        try:
+            self.worker_info = ray.get([a.ready.remote() for a in self.actors])
+        except RayActorError as err:
+            self.close()
+            raise RuntimeError(
+                "The Ray inner-learner workers could not start. Their code (your task callables, "
+                "generator and algorithm classes) must be importable on every worker: install your "
+                "package on the nodes or ship it with ray job submit --working-dir / runtime_env. "
+                f"Ray said: {err}"
+            ) from err
 
     def execute(self, method: str, *args: Any) -> list[Any]:
         """Call ``method`` on every actor and wait for all answers."""

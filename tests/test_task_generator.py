@@ -1,0 +1,149 @@
+"""TaskGenerator: both modes, the three sampling methods, revisits, history and exact state."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import gymnasium as gym
+import pytest
+
+from distributed_reptile import TaskGenerator, TaskSpec
+from distributed_reptile.tasks.families import make_cartpole_task
+
+
+def _static(n: int = 3) -> list[tuple[gym.Env, dict]]:
+    return [(gym.make("CartPole-v1"), {"id": i}) for i in range(n)]
+
+
+def test_static_cyclic_follows_meta_step_modulo_n():
+    gen = TaskGenerator(tasks=_static(3), sampling_method="cyclic")
+    ids = [gen.get_task(m)[1]["id"] for m in range(7)]
+    assert ids == [0, 1, 2, 0, 1, 2, 0]
+    assert gen.get_task(4)[2] is None  # static tasks have no origin
+
+
+def test_static_random_is_seeded_and_covers_all_tasks():
+    a = TaskGenerator(tasks=_static(3), sampling_method="random", generator_seed=5)
+    b = TaskGenerator(tasks=_static(3), sampling_method="random", generator_seed=5)
+    ids_a = [a.get_task(m)[1]["id"] for m in range(60)]
+    assert ids_a == [b.get_task(m)[1]["id"] for m in range(60)]
+    assert set(ids_a) == {0, 1, 2}
+
+
+def test_static_weighted_follows_the_weights():
+    gen = TaskGenerator(tasks=_static(2), sampling_method="weighted", sampling_weights=[0.9, 0.1], generator_seed=0)
+    counts = Counter(gen.get_task(m)[1]["id"] for m in range(2000))
+    assert 0.85 < counts[0] / 2000 < 0.95
+
+
+def test_weighted_without_matching_weights_is_refused():
+    with pytest.raises(ValueError, match="one weight per task"):
+        TaskGenerator(tasks=_static(3), sampling_method="weighted", sampling_weights=[1.0])
+    with pytest.raises(ValueError, match="sampling_weights"):
+        TaskGenerator(tasks=_static(3), sampling_method="weighted")
+
+
+def test_unknown_sampling_method_names_the_choices():
+    with pytest.raises(ValueError, match="cyclic, random, weighted"):
+        TaskGenerator(tasks=_static(2), sampling_method="roundrobin")
+
+
+def test_task_callable_must_take_random_seed_by_name():
+    def make(seed):  # wrong name
+        return gym.make("CartPole-v1"), {}
+
+    with pytest.raises(TypeError, match="random_seed"):
+        TaskGenerator(task_callable=make)
+
+
+def test_exactly_one_mode_is_required():
+    with pytest.raises(ValueError, match="exactly one"):
+        TaskGenerator()
+    with pytest.raises(ValueError, match="exactly one"):
+        TaskGenerator(tasks=_static(1), task_callable=make_cartpole_task)
+
+
+def test_callable_mode_records_history_and_origin():
+    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=0.0, generator_seed=1)
+    env, info, origin = gen.get_task(0)
+    assert isinstance(env, gym.Env) and origin == 0 and info["family"] == "cartpole"
+    gen.get_task(1, seed=1234)
+    assert [r["seed"] for r in gen.selected_tasks][1] == 1234
+    assert [r["first_meta_step"] for r in gen.selected_tasks] == [0, 1]
+    gen.reset_history()
+    assert gen.selected_tasks == [] and gen.revisit_counter == 0
+
+
+def test_revisits_rebuild_a_past_task_from_its_seed():
+    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=1.0, revisit_start=2,
+                        sampling_method="cyclic", generator_seed=0)
+    s0, s1 = gen.sample_spec(0), gen.sample_spec(1)  # before revisit_start: new tasks
+    s2, s3, s4 = gen.sample_spec(2), gen.sample_spec(3), gen.sample_spec(4)
+    assert not s0.revisit and not s1.revisit
+    assert [s.revisit for s in (s2, s3, s4)] == [True, True, True]
+    # cyclic revisits walk the history in order
+    assert [s.random_seed for s in (s2, s3, s4)] == [s0.random_seed, s1.random_seed, s0.random_seed]
+    assert [s.origin_meta_step for s in (s2, s3, s4)] == [0, 1, 0]
+    assert gen.selected_tasks[0]["meta_steps"] == [0, 2, 4]
+    assert s2.info == s0.info
+
+
+def test_revisit_ratio_is_respected_on_average():
+    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=0.3, generator_seed=0)
+    specs = [gen.sample_spec(m) for m in range(300)]
+    share = sum(s.revisit for s in specs) / 299
+    assert 0.2 < share < 0.4
+
+
+def test_weighted_revisits_use_the_weight_function():
+    def only_first(history):
+        return [1.0] + [0.0] * (len(history) - 1)
+
+    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=0.5, sampling_method="weighted",
+                        revisit_weight_fn=only_first, generator_seed=0)
+    specs = [gen.sample_spec(m) for m in range(40)]
+    revisits = [s for s in specs if s.revisit]
+    assert revisits and all(s.origin_meta_step == 0 for s in revisits)
+
+
+def test_weight_function_with_wrong_length_is_refused():
+    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=1.0, sampling_method="weighted",
+                        revisit_weight_fn=lambda h: [1.0, 1.0, 1.0], generator_seed=0)
+    gen.sample_spec(0)
+    with pytest.raises(ValueError, match="one weight per task"):
+        gen.sample_spec(1)
+
+
+def test_history_off_means_no_revisits():
+    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=1.0, history=False, generator_seed=0)
+    assert not any(gen.sample_spec(m).revisit for m in range(20))
+    assert gen.selected_tasks == []
+
+
+def test_state_dict_continues_the_exact_same_stream():
+    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=0.5, generator_seed=3)
+    for m in range(10):
+        gen.sample_spec(m)
+    state = gen.state_dict()
+    expected = [gen.sample_spec(m).describe() for m in range(10, 30)]
+    other = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=0.5, generator_seed=999)
+    other.load_state_dict(state)
+    assert [other.sample_spec(m).describe() for m in range(10, 30)] == expected
+
+
+def test_spec_builds_the_same_env_as_get_task():
+    a = TaskGenerator(task_callable=make_cartpole_task, generator_seed=2)
+    b = TaskGenerator(task_callable=make_cartpole_task, generator_seed=2)
+    spec = a.sample_spec(0)
+    env, info, _ = b.get_task(0)
+    assert isinstance(spec, TaskSpec) and spec.info == info
+    assert spec.build_env().unwrapped.length == env.unwrapped.length
+
+
+def test_wrong_return_type_of_task_callable_is_named():
+    def make(random_seed):
+        return gym.make("CartPole-v1")  # forgot the info dict
+
+    gen = TaskGenerator(task_callable=make, generator_seed=0)
+    with pytest.raises(TypeError, match=r"tuple \(env, info\)"):
+        gen.get_task(0)
