@@ -17,8 +17,9 @@ def ensure_ray(
     ray_address: str | None = None,
     num_cpus: int | None = None,
     ray_init_kwargs: dict[str, Any] | None = None,
-) -> bool:
-    """Make sure Ray is initialised; return ``True`` when this call started a local instance.
+) -> str:
+    """Make sure Ray is initialised; say how: ``"started"`` a local instance, ``"joined"`` a
+    cluster, or found it ``"existing"`` (initialised by the caller, left alone).
 
     A local instance listens on 127.0.0.1 only (no routable interface), with its dashboard, when
     enabled, on 127.0.0.1 too. With ``ray_address`` or ``RAY_ADDRESS`` the driver joins that cluster.
@@ -26,13 +27,13 @@ def ensure_ray(
     import ray
 
     if ray.is_initialized():
-        return False
+        return "existing"
     kwargs: dict[str, Any] = {"configure_logging": False}
     kwargs.update(ray_init_kwargs or {})
     address = cluster_address(ray_address)
     if address:
         ray.init(address=address, **kwargs)
-        return False
+        return "joined"
 
     from ray._private import ray_constants
 
@@ -54,4 +55,4 @@ def ensure_ray(
             os.environ.pop(_LOOPBACK_ENV, None)
         else:
             os.environ[_LOOPBACK_ENV] = previous_env
-    return True
+    return "started"

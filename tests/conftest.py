@@ -67,11 +67,12 @@ def ray_session():
     started = ensure_ray(
         num_cpus=4,
         ray_init_kwargs={
+            "resources": {"learner_slot": 4},
             "log_to_driver": False,
             # workers import task callables defined in the tests
             "runtime_env": {"env_vars": {"PYTHONPATH": tests_dir}},
         },
     )
     yield ray
-    if started:
+    if started == "started":
         ray.shutdown()

@@ -174,7 +174,7 @@ class BaseMetaAlgorithm(ABC):
         self.num_outer_steps = 0  # outer steps completed (the schedule position)
         self.step_records: list[dict[str, Any]] = []
         self.meta_logger: Logger | None = None
-        self._ray_started = False
+        self._ray_mode = "none"
         self._runner: Runner | None = None
         self._closed = False
         self._last_update_norm = float("nan")
@@ -227,7 +227,7 @@ class BaseMetaAlgorithm(ABC):
         if self.backend == "ray":
             from distributed_reptile.ray_utils import ensure_ray
 
-            self._ray_started = ensure_ray(self.ray_address, ray_init_kwargs=self.ray_init_kwargs)
+            self._ray_mode = ensure_ray(self.ray_address, ray_init_kwargs=self.ray_init_kwargs)
 
     def _generator_params(self) -> dict[str, Any]:
         params = dict(self.tasks_generator_params)
@@ -427,7 +427,8 @@ class BaseMetaAlgorithm(ABC):
             (task seed = meta step).
         :param tb_log_name: TensorBoard run name (default: the class name).
         :param log_inner_tasks: write each task's SB3 TensorBoard log.
-        :param inner_tb_log_root: folder of those logs (default ``tensorboard_logs`` or ``./inner-logs``).
+        :param inner_tb_log_root: folder of those logs (default: ``inner/`` in the run's TensorBoard
+            folder, or ``./inner-logs`` without ``tensorboard_logs``).
         :param save_freq: checkpoint every ``save_freq`` outer steps (0: never).
         :param save_path: folder of checkpoints; nothing is saved without it.
         :param save_prefix: checkpoint folder names: ``{save_prefix}_outer_{N}``.
@@ -458,7 +459,12 @@ class BaseMetaAlgorithm(ABC):
         run_stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', run_name)}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
         inner_root = None
         if log_inner_tasks:
-            inner_root = os.path.join(inner_tb_log_root or self.tensorboard_logs or "./inner-logs", run_stem)
+            if inner_tb_log_root is not None:
+                inner_root = os.path.join(inner_tb_log_root, run_stem)
+            elif self.tensorboard_logs is not None:
+                inner_root = os.path.join(self.tensorboard_logs, run_stem, "inner")
+            else:
+                inner_root = os.path.join("inner-logs", run_stem)
         if self.tensorboard_logs is not None:
             self.meta_logger = configure(os.path.join(self.tensorboard_logs, run_stem), ["tensorboard"])
 
@@ -542,6 +548,7 @@ class BaseMetaAlgorithm(ABC):
             "tasks": [s.describe() for s in specs],
             "revisits": sum(1 for s in specs if s.revisit),
             "skipped_tasks": stats["skipped"],
+            "task_pids": [rec["worker"].get("pid") for rec in res],
             "tasks_per_node": dict(Counter(rec["worker"].get("node_id", rec["worker"].get("hostname", "?")) for rec in res)),
             "task_timings": [rec["timings"] for rec in res],
         }
@@ -739,7 +746,8 @@ class BaseMetaAlgorithm(ABC):
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
-        """Stop the workers and the task-source actor, and Ray itself when this trainer started it."""
+        """Stop the workers and the task-source actor; stop the local Ray this trainer started, or
+        disconnect from the cluster it joined (the cluster keeps running)."""
         if self._closed:
             return
         self._closed = True
@@ -749,11 +757,11 @@ class BaseMetaAlgorithm(ABC):
         source = getattr(self, "task_source", None)
         if source is not None and hasattr(source, "close"):
             source.close()
-        if self._ray_started:
+        if self._ray_mode in ("started", "joined"):
             import ray
 
             ray.shutdown()
-            self._ray_started = False
+            self._ray_mode = "none"
 
     def __enter__(self: SelfMeta) -> SelfMeta:
         return self

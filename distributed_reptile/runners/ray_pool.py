@@ -30,8 +30,14 @@ class LearnerActor:
 
         import torch as th
 
-        return {"pid": os.getpid(), "hostname": socket.gethostname(), "torch_threads": th.get_num_threads(),
-                "node_id": ray.get_runtime_context().get_node_id()}
+        ctx = ray.get_runtime_context()
+        return {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "torch_threads": th.get_num_threads(),
+            "node_id": ctx.get_node_id(),
+            "resources": ctx.get_assigned_resources(),
+        }
 
     def run(self, job: TaskJob, boxed_weights: list[ray.ObjectRef]) -> AdaptedResult:
         t0 = time.perf_counter()

@@ -34,8 +34,8 @@ def mujoco_import_error(
     what: str, needs: str = "MuJoCo", exc: BaseException | None = None
 ) -> ImportError:
     """The ``ImportError`` raised when a MuJoCo family is used without its extra installed."""
-    missing = f" ({exc})" if exc is not None else ""
+    cause = f" ({exc})" if exc is not None else ""
     return ImportError(
-        f"{what} needs {needs}, which is not installed{missing}. "
+        f"{what} require {needs}, but the import failed{cause}. "
         f"Install the extra with: {MUJOCO_INSTALL_HINT}"
     )

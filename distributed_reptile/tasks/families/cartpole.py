@@ -85,5 +85,8 @@ def make_cartpole_task(
     The same ``(random_seed, split)`` always gives the same physics.
     """
     params = sample_params(np.random.default_rng(random_seed), split)
-    env = gym.wrappers.TimeLimit(CartPolePhysicsEnv(**params), max_episode_steps=max_episode_steps)
+    core = CartPolePhysicsEnv(
+        length=params["length"], masspole=params["masspole"], gravity=params["gravity"]
+    )
+    env = gym.wrappers.TimeLimit(core, max_episode_steps=max_episode_steps)
     return env, {"family": "cartpole", "split": split, **params}

@@ -50,7 +50,7 @@ def _metaworld() -> Any:
         import mujoco  # noqa: F401
     except ImportError as exc:
         raise mujoco_import_error(
-            "The Meta-World ML1 task family", needs="Meta-World and MuJoCo", exc=exc
+            "The Meta-World ML1 tasks", needs="Meta-World and MuJoCo", exc=exc
         ) from exc
     return metaworld
 
@@ -151,7 +151,7 @@ def make_ml1_env(
     task_index: int = 0,
     benchmark_seed: int = DEFAULT_BENCHMARK_SEED,
     render_mode: str | None = None,
-) -> gym.Env:
+) -> MetaWorldML1Env:
     """The env of task ``task_index`` of ``split``: a :class:`MetaWorldML1Env` (500-step horizon)."""
     return MetaWorldML1Env(env_name, split, task_index, benchmark_seed, render_mode)
 

@@ -96,5 +96,8 @@ def make_pendulum_task(
     The same ``(random_seed, split)`` always gives the same physics.
     """
     params = sample_params(np.random.default_rng(random_seed), split)
-    env = gym.wrappers.TimeLimit(PendulumPhysicsEnv(**params), max_episode_steps=max_episode_steps)
+    core = PendulumPhysicsEnv(
+        gravity=params["gravity"], mass=params["mass"], length=params["length"]
+    )
+    env = gym.wrappers.TimeLimit(core, max_episode_steps=max_episode_steps)
     return env, {"family": "pendulum", "split": split, **params}
