@@ -2,6 +2,13 @@
 
 from distributed_reptile.algorithms import BaseMetaAlgorithm, NonFiniteWeightsError, ReptileMetaRL
 from distributed_reptile.budget import compute_updates
+from distributed_reptile.callbacks import (
+    CallbackList,
+    CheckpointCallback,
+    MetaCallback,
+    StopOnStepRecord,
+    StopOnWallClock,
+)
 from distributed_reptile.checkpoint import CheckpointError
 from distributed_reptile.inner import AdaptedResult, InnerLearner, TaskJob
 from distributed_reptile.runners import TaskFailedError
@@ -17,6 +24,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptedResult",
+    "CallbackList",
+    "CheckpointCallback",
+    "MetaCallback",
+    "StopOnStepRecord",
+    "StopOnWallClock",
     "BaseMetaAlgorithm",
     "CheckpointError",
     "ConstantSchedule",

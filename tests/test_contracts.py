@@ -128,3 +128,18 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, ray_session):
     assert_same_weights(expected, got)
     assert [r["tasks"] for r in expected_records] == [r["tasks"] for r in got_records]
     assert sum(r["revisits"] for r in expected_records) > 0
+
+
+def test_run_stopped_by_a_callback_then_resumed_equals_uninterrupted_run(tmp_path):
+    from distributed_reptile.callbacks import StopOnStepRecord
+
+    with ReptileMetaRL(**_resume_kwargs()) as full:
+        full.learn()
+        expected = weights_of(full)
+    with ReptileMetaRL(**_resume_kwargs()) as interrupted:
+        interrupted.learn(callback=StopOnStepRecord("outer_step", 2), save_path=str(tmp_path), save_prefix="cut")
+        assert interrupted.num_outer_steps == 2
+    with ReptileMetaRL.load(tmp_path / "cut_outer_2") as resumed:
+        resumed.learn(reset_num_timesteps=False)
+        assert resumed.num_outer_steps == 4
+        assert_same_weights(expected, weights_of(resumed))

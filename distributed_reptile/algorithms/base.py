@@ -30,6 +30,7 @@ from stable_baselines3.common.utils import get_device, set_random_seed
 
 from distributed_reptile import checkpoint as ckpt
 from distributed_reptile.budget import compute_updates
+from distributed_reptile.callbacks import CheckpointCallback, MaybeCallback, to_callback
 from distributed_reptile.inner.learner import AdaptedResult, InnerLearner, TaskJob
 from distributed_reptile.runners.base import Runner, TaskSourceHandle
 from distributed_reptile.schedules import LRSchedule, normalize_lr_schedule
@@ -418,6 +419,7 @@ class BaseMetaAlgorithm(ABC):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
         keep_last: int | None = None,
+        callback: MaybeCallback = None,
     ) -> SelfMeta:
         """Meta-train: ``outer_steps`` meta-updates of ``task_batch_size`` inner loops each.
 
@@ -437,6 +439,8 @@ class BaseMetaAlgorithm(ABC):
             or interrupted run up to ``outer_steps``, drawing the tasks an uninterrupted run would draw.
         :param progress_bar: show a tqdm bar over outer steps (tasks/s, mean adaptation return).
         :param keep_last: keep only the newest ``keep_last`` checkpoints (``None``: keep all).
+        :param callback: a :class:`~distributed_reptile.callbacks.MetaCallback`, a list of them or a
+            ``CallbackList``; ``on_outer_step_end`` returning ``False`` stops the run after that step.
         :return: self
         """
         if outer_steps is not None:
@@ -474,9 +478,17 @@ class BaseMetaAlgorithm(ABC):
 
             bar = tqdm(total=self.outer_steps, initial=self.num_outer_steps, unit="outer step")
         self._bar = bar
-        last_saved = -1
+        callbacks = to_callback(callback)
+        checkpointer = None
+        if save_freq > 0:
+            assert save_path is not None
+            checkpointer = CheckpointCallback(save_freq, save_path, save_prefix, keep_last)
+            callbacks.callbacks.append(checkpointer)
+        callbacks.init_callback(self)
         try:
+            callbacks.on_training_start()
             while self.num_outer_steps < self.outer_steps:
+                callbacks.on_outer_step_start(self.num_outer_steps)
                 record = self._outer_step(self.num_outer_steps, inner_root)
                 self.num_outer_steps += 1
                 self.step_records.append(record)
@@ -487,11 +499,14 @@ class BaseMetaAlgorithm(ABC):
                         ep_return=f"{record['ep_return_mean']:.2f}",
                     )
                     bar.update(1)
-                if save_freq > 0 and self.num_outer_steps % save_freq == 0:
-                    self._save_to(save_path, save_prefix, keep_last)
-                    last_saved = self.num_outer_steps
+                if not callbacks.on_outer_step_end(record):
+                    if self.verbose >= 1:
+                        print(f"stopped by a callback after outer step {self.num_outer_steps}")
+                    break
+            last_saved = checkpointer.last_saved_step if checkpointer is not None else -1
             if save_final and save_path is not None and last_saved != self.num_outer_steps:
-                self._save_to(save_path, save_prefix, keep_last)
+                self.save_checkpoint(save_path, save_prefix, keep_last)
+            callbacks.on_training_end()
         finally:
             if bar is not None:
                 bar.close()
@@ -656,7 +671,8 @@ class BaseMetaAlgorithm(ABC):
         """Write a complete, resumable checkpoint folder at ``path`` (atomically)."""
         return ckpt.write_checkpoint(path, self._write_checkpoint_files)
 
-    def _save_to(self, folder: str, prefix: str, keep_last: int | None) -> Path:
+    def save_checkpoint(self, folder: str, prefix: str = "meta_ckpt", keep_last: int | None = None) -> Path:
+        """Save ``{folder}/{prefix}_outer_{N}`` and keep only the newest ``keep_last`` checkpoints."""
         out = self.save(os.path.join(folder, f"{prefix}_outer_{self.num_outer_steps}"))
         ckpt.prune_checkpoints(folder, prefix, keep_last)
         if self.verbose >= 1:
@@ -757,6 +773,9 @@ class BaseMetaAlgorithm(ABC):
         source = getattr(self, "task_source", None)
         if source is not None and hasattr(source, "close"):
             source.close()
+        meta_algo = getattr(self, "meta_algo", None)
+        if meta_algo is not None and meta_algo.get_env() is not None:
+            meta_algo.get_env().close()
         if self._ray_mode in ("started", "joined"):
             import ray
 

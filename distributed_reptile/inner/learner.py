@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger, configure
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import check_for_correct_spaces
 
 from distributed_reptile.tasks.spec import TaskSpec
@@ -22,12 +24,27 @@ from distributed_reptile.weights import NumpyWeights, load_numpy_into_module, pa
 
 @dataclass
 class TaskJob:
-    """One unit of inner-loop work: a task, its seed and its place in the batch."""
+    """One unit of inner-loop work: a task, its seed and its place in the batch.
+
+    :param spec: the task.
+    :param task_seed: seed of the inner learner for this task.
+    :param index: position of the job in its batch (results come back in this order).
+    :param tb_log_dir: folder of this task's SB3 TensorBoard log (``None``: no log).
+    :param inner_steps: env steps of this job's inner loop (``None``: the learner's own; 0: no learning).
+    :param eval_episodes: after adapting, run this many episodes on a fresh env of the task and
+        report their returns (meta-test evaluation).
+    :param eval_deterministic: use deterministic actions in those episodes.
+    :param return_weights: send the adapted parameters back (evaluation jobs do not need them).
+    """
 
     spec: TaskSpec
     task_seed: int
     index: int
     tb_log_dir: str | None = None
+    inner_steps: int | None = None
+    eval_episodes: int = 0
+    eval_deterministic: bool = True
+    return_weights: bool = True
 
 
 @dataclass
@@ -42,6 +59,7 @@ class AdaptedResult:
     timings: dict[str, float] = field(default_factory=dict)
     worker: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
+    eval_returns: list[float] = field(default_factory=list)
 
 
 def _recursive_getattr(obj: Any, dotted: str) -> Any:
@@ -112,11 +130,20 @@ class InnerLearner:
             self._set_task_logger(model, job.tb_log_dir)
             model.set_random_seed(job.task_seed)
             t_ready = time.perf_counter()
-            self.inner_adapt(model)
+            default_steps = self.inner_steps
+            if job.inner_steps is not None:
+                self.inner_steps = int(job.inner_steps)
+            try:
+                if self.inner_steps > 0:
+                    self.inner_adapt(model)
+            finally:
+                self.inner_steps = default_steps
             t_learn = time.perf_counter()
-            weights = parameters_to_numpy(model.policy)
-            returns = _episode_returns(model)
-            env_steps = int(model.num_timesteps)
+            weights = parameters_to_numpy(model.policy) if job.return_weights else {}
+            returns = _episode_returns(model) if job.inner_steps != 0 else []
+            env_steps = int(model.num_timesteps) if job.inner_steps != 0 else 0
+            eval_returns = self.evaluate(model, job) if job.eval_episodes > 0 else []
+            t_eval = time.perf_counter()
         finally:
             self.meta_weights = {}
             if owns_env:
@@ -136,10 +163,12 @@ class InnerLearner:
                 "env_build": t_env - t0,
                 "model_ready": t_ready - t_env,
                 "learn": t_learn - t_ready,
+                "evaluate": t_eval - t_learn,
                 "total": time.perf_counter() - t0,
             },
             worker=_worker_info(),
             task=job.spec.describe(),
+            eval_returns=eval_returns,
         )
 
     # ------------------------------------------------------------------ override points
@@ -159,6 +188,24 @@ class InnerLearner:
         params = dict(self.inner_loop_params)
         params["reset_num_timesteps"] = True
         task_model.learn(self.inner_steps, **params)
+
+    def evaluate(self, task_model: BaseAlgorithm, job: TaskJob) -> list[float]:
+        """Returns of ``job.eval_episodes`` episodes of the adapted policy on a fresh env of the task."""
+        env = job.spec.build_env()
+        try:
+            env.reset(seed=job.task_seed)
+            env.action_space.seed(job.task_seed)
+            returns, _ = evaluate_policy(
+                task_model,
+                Monitor(env),
+                n_eval_episodes=job.eval_episodes,
+                deterministic=job.eval_deterministic,
+                return_episode_rewards=True,
+            )
+        finally:
+            if job.spec.env is None:
+                env.close()
+        return [float(r) for r in returns]
 
     # ------------------------------------------------------------------ fresh start
     def prepare_model(self, env: Any) -> BaseAlgorithm:
