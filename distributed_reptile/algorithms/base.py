@@ -50,6 +50,16 @@ TASK_SEED_MODES = ("generator", "meta_step")
 _INIT_STREAM = 0x1417
 
 
+SB3_METHODS = ("learn", "predict", "set_env", "get_env", "set_random_seed", "save")
+
+
+def is_sb3_like(algo: Any) -> bool:
+    """An SB3 algorithm class, or a class offering the SB3 methods the trainer calls."""
+    if not inspect.isclass(algo):
+        return False
+    return issubclass(algo, BaseAlgorithm) or all(callable(getattr(algo, m, None)) for m in SB3_METHODS)
+
+
 class NonFiniteWeightsError(RuntimeError):
     """An adapted weight is NaN or infinite; it was not folded into the meta weights."""
 
@@ -207,10 +217,11 @@ class BaseMetaAlgorithm(ABC):
         if a["on_nonfinite"] not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {a['on_nonfinite']!r}.")
         algo = a["rl_algorithm"]
-        if not (inspect.isclass(algo) and issubclass(algo, BaseAlgorithm)):
+        if not is_sb3_like(algo):
             raise TypeError(
                 f"rl_algorithm must be an SB3 algorithm class such as stable_baselines3.PPO, got {algo!r}. "
-                "Pass the class itself, not an instance or a name."
+                "Pass the class itself, not an instance or a name; a custom learner needs SB3's "
+                f"methods {', '.join(SB3_METHODS)} and a `policy` torch module."
             )
         if not inspect.isclass(a["tasks_generator_cls"]):
             raise TypeError(
@@ -262,7 +273,8 @@ class BaseMetaAlgorithm(ABC):
         device = params.pop("device", self.device)
         set_random_seed(derive_seed(self.seed, _INIT_STREAM))
         model = self.rl_algorithm(env=env, policy=policy, device=device, **params)
-        model.set_logger(Logger(folder=None, output_formats=[]))
+        if hasattr(model, "set_logger"):
+            model.set_logger(Logger(folder=None, output_formats=[]))
         return model
 
     def _learner_factory(self) -> functools.partial[InnerLearner]:

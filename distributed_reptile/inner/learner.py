@@ -219,7 +219,7 @@ class InnerLearner:
 
     def reset_task_state(self, model: BaseAlgorithm) -> None:
         """Give ``model`` the optimizer, buffer and counter state of a newly built model."""
-        state_dicts, tensors = model._get_torch_save_params()
+        state_dicts, tensors = _torch_save_params(model)
         for name in state_dicts:
             obj = _recursive_getattr(model, name)
             if isinstance(obj, th.optim.Optimizer):
@@ -236,12 +236,14 @@ class InnerLearner:
             model._n_calls = 0
 
     def _snapshot_fresh_tensors(self, model: BaseAlgorithm) -> None:
-        _, tensors = model._get_torch_save_params()
+        _, tensors = _torch_save_params(model)
         self._fresh_tensors = {
             name: _recursive_getattr(model, name).detach().clone() for name in tensors
         }
 
     def _set_task_logger(self, model: BaseAlgorithm, tb_log_dir: str | None) -> None:
+        if not hasattr(model, "set_logger"):
+            return
         if tb_log_dir is not None:
             model.set_logger(configure(tb_log_dir, ["tensorboard"]))
         else:
@@ -261,6 +263,14 @@ class InnerLearner:
             ) from exc
 
 
+def _torch_save_params(model: Any) -> tuple[list[str], list[str]]:
+    """SB3's list of state-dict holders (policy, optimizers) and extra tensors; custom learners may lack it."""
+    getter = getattr(model, "_get_torch_save_params", None)
+    if getter is None:
+        return [], []
+    return getter()
+
+
 def _episode_returns(model: BaseAlgorithm) -> list[float]:
     env = model.get_env()
     if env is not None:
@@ -269,7 +279,7 @@ def _episode_returns(model: BaseAlgorithm) -> list[float]:
             return [float(r) for rewards in per_env for r in rewards]
         except (AttributeError, NotImplementedError):
             pass
-    return [float(ep["r"]) for ep in (model.ep_info_buffer or [])]
+    return [float(ep["r"]) for ep in (getattr(model, "ep_info_buffer", None) or [])]
 
 
 def _worker_info() -> dict[str, Any]:
