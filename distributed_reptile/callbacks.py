@@ -84,7 +84,9 @@ class CallbackList(MetaCallback):
             cb.on_outer_step_start(outer_step)
 
     def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
-        answers = [cb.on_outer_step_end(record) for cb in self.callbacks]  # every callback sees the step
+        answers = [
+            cb.on_outer_step_end(record) for cb in self.callbacks
+        ]  # every callback sees the step
         return all(answers)
 
     def _on_training_end(self) -> None:
@@ -134,7 +136,9 @@ class StopOnWallClock(MetaCallback):
         elapsed = time.monotonic() - self._start
         if elapsed >= self.seconds:
             if self.verbose:
-                print(f"StopOnWallClock: {elapsed:.1f}s >= {self.seconds:.1f}s, stopping after outer step {record['outer_step']}")
+                print(
+                    f"StopOnWallClock: {elapsed:.1f}s >= {self.seconds:.1f}s, stopping after outer step {record['outer_step']}"
+                )
             return False
         return True
 
@@ -147,7 +151,9 @@ class StopOnStepRecord(MetaCallback):
     :param mode: ``"max"`` to stop at or above it, ``"min"`` at or below it.
     """
 
-    def __init__(self, key: str, threshold: float, mode: Literal["max", "min"] = "max", verbose: int = 0) -> None:
+    def __init__(
+        self, key: str, threshold: float, mode: Literal["max", "min"] = "max", verbose: int = 0
+    ) -> None:
         super().__init__(verbose)
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
@@ -155,7 +161,9 @@ class StopOnStepRecord(MetaCallback):
 
     def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
         if self.key not in record:
-            raise KeyError(f"StopOnStepRecord: the step record has no {self.key!r}; keys: {sorted(record)}")
+            raise KeyError(
+                f"StopOnStepRecord: the step record has no {self.key!r}; keys: {sorted(record)}"
+            )
         value = record[self.key]
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return True
@@ -185,7 +193,12 @@ class CheckpointCallback(MetaCallback):
         super().__init__(verbose)
         if save_freq <= 0:
             raise ValueError(f"save_freq must be positive, got {save_freq}.")
-        self.save_freq, self.save_path, self.save_prefix, self.keep_last = save_freq, save_path, save_prefix, keep_last
+        self.save_freq, self.save_path, self.save_prefix, self.keep_last = (
+            save_freq,
+            save_path,
+            save_prefix,
+            keep_last,
+        )
         self.last_saved_step = -1
 
     def _on_outer_step_end(self, record: dict[str, Any]) -> bool:

@@ -1,0 +1,316 @@
+"""Ray Tune sweeps over meta-training runs.
+
+Each trial runs its own :class:`~distributed_reptile.ReptileMetaRL` with ``num_workers`` inner-loop
+actors inside the trial's placement group (one bundle for the trial's driver, one per worker), so
+concurrent trials never take each other's CPUs. Every outer step reports the step record to Tune;
+checkpoints go through Tune, so a failed trial resumes exactly from its last checkpoint.
+
+Search spaces use dotted keys into the trainer's arguments, e.g.
+``{"meta_lr": "loguniform(0.05, 1.0)", "rl_algo_kwargs.learning_rate": "choice([1e-3, 3e-4])"}``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from distributed_reptile.callbacks import MetaCallback
+
+_DOMAIN_RE = re.compile(
+    r"^\s*(uniform|loguniform|quniform|randint|lograndint|choice|grid_search)\((.*)\)\s*$"
+)
+REPORTED_KEYS = (
+    "outer_step",
+    "meta_lr",
+    "ep_return_mean",
+    "ep_return_min",
+    "ep_return_max",
+    "env_steps",
+    "step_seconds",
+    "tasks_per_second",
+    "update_norm",
+    "revisits",
+)
+
+
+def parse_domain(value: Any) -> Any:
+    """A Tune search domain from ``"loguniform(0.05, 1.0)"``-style text; other values pass through."""
+    from ray import tune
+
+    if not isinstance(value, str):
+        return value
+    match = _DOMAIN_RE.match(value)
+    if not match:
+        return value
+    name, args_text = match.groups()
+    try:
+        args = ast.literal_eval(f"({args_text},)")
+    except (ValueError, SyntaxError) as exc:
+        raise ValueError(f"Cannot read the arguments of search domain {value!r}: {exc}") from exc
+    factories: dict[str, Callable[..., Any]] = {
+        "uniform": tune.uniform,
+        "loguniform": tune.loguniform,
+        "quniform": tune.quniform,
+        "randint": tune.randint,
+        "lograndint": tune.lograndint,
+        "choice": tune.choice,
+        "grid_search": tune.grid_search,
+    }
+    return factories[name](*args)
+
+
+def parse_search_space(space: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn every text domain of ``space`` into a Tune domain (keys stay dotted paths)."""
+    return {key: parse_domain(value) for key, value in space.items()}
+
+
+def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with each dotted key of ``overrides`` set (``a.b`` sets ``base["a"]["b"]``)."""
+    out = copy.deepcopy(dict(base))
+    for dotted, value in overrides.items():
+        node: Any = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else dict(node[part])
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+class _TuneReporter(MetaCallback):
+    """Reports each step record to Tune, with a checkpoint every ``checkpoint_freq`` outer steps."""
+
+    def __init__(self, checkpoint_freq: int) -> None:
+        super().__init__()
+        self.checkpoint_freq = checkpoint_freq
+
+    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+        from ray import tune
+
+        assert self.trainer is not None
+        metrics = {k: record[k] for k in REPORTED_KEYS if k in record}
+        metrics = {
+            k: (v if not (isinstance(v, float) and math.isnan(v)) else None)
+            for k, v in metrics.items()
+        }
+        is_last = self.trainer.num_outer_steps >= self.trainer.outer_steps
+        if self.checkpoint_freq > 0 and (
+            self.trainer.num_outer_steps % self.checkpoint_freq == 0 or is_last
+        ):
+            with tempfile.TemporaryDirectory() as tmp:
+                self.trainer.save(Path(tmp) / "trainer")
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(metrics)
+        return True
+
+
+def meta_trainable(
+    config: dict[str, Any],
+    base_kwargs: dict[str, Any],
+    learn_kwargs: dict[str, Any],
+    checkpoint_freq: int = 1,
+) -> None:
+    """Tune function trainable: one meta-training run with ``config``'s dotted overrides applied."""
+    from ray import tune
+
+    from distributed_reptile.algorithms.reptile import ReptileMetaRL
+
+    kwargs = apply_overrides(base_kwargs, config)
+    kwargs["backend"] = "ray"  # the trial's actors live in its placement group
+    checkpoint = tune.get_checkpoint()
+    learn = dict(learn_kwargs)
+    learn["callback"] = [*list(learn.get("callback") or []), _TuneReporter(checkpoint_freq)]
+    if checkpoint is None:
+        meta = ReptileMetaRL(**kwargs)
+    else:
+        with checkpoint.as_directory() as folder:
+            meta = ReptileMetaRL.load(Path(folder) / "trainer", **kwargs)
+        learn["reset_num_timesteps"] = False
+    with meta:
+        meta.learn(**learn)
+
+
+def trial_resources(
+    num_workers: int, worker_resources: Mapping[str, Any] | None = None, driver_cpus: float = 0.5
+) -> Any:
+    """The placement group of one trial: a bundle for its driver and one per inner-loop worker."""
+    from ray.tune import PlacementGroupFactory
+
+    worker = {"CPU": 1.0}
+    for key, value in (worker_resources or {}).items():
+        if key == "num_cpus":
+            worker["CPU"] = float(value)
+        elif key == "num_gpus":
+            worker["GPU"] = float(value)
+        else:
+            worker[key] = float(value)
+    return PlacementGroupFactory(
+        [{"CPU": driver_cpus}] + [dict(worker) for _ in range(num_workers)]
+    )
+
+
+def run_sweep(
+    trainer_kwargs: dict[str, Any],
+    search_space: Mapping[str, Any],
+    storage_path: str,
+    name: str = "meta_sweep",
+    num_samples: int = 4,
+    metric: str = "ep_return_mean",
+    mode: str = "max",
+    learn_kwargs: dict[str, Any] | None = None,
+    grace_period: int = 1,
+    max_concurrent_trials: int | None = None,
+    checkpoint_freq: int = 1,
+    max_failures: int = 2,
+    seed: int | None = None,
+) -> Any:
+    """Run an ASHA sweep; return Tune's ``ResultGrid``.
+
+    :param trainer_kwargs: ``ReptileMetaRL`` arguments shared by all trials (``num_workers`` and
+        ``worker_resources`` size each trial's placement group).
+    :param search_space: dotted keys into ``trainer_kwargs`` mapped to Tune domains or text domains.
+    :param storage_path: folder of Tune's results and checkpoints (nothing is written elsewhere).
+    :param name: experiment name (a folder in ``storage_path``).
+    :param num_samples: trials to sample.
+    :param metric: step-record key that ASHA ranks trials on.
+    :param mode: ``"max"`` or ``"min"``.
+    :param learn_kwargs: extra ``learn`` arguments.
+    :param grace_period: outer steps before ASHA may stop a trial.
+    :param max_concurrent_trials: cap on trials running at once.
+    :param checkpoint_freq: outer steps between Tune checkpoints.
+    :param max_failures: retries of a failed trial, each resumed from its last checkpoint.
+    :param seed: seed of the search algorithm's sampling.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from distributed_reptile.ray_utils import ensure_ray
+
+    if metric not in REPORTED_KEYS:
+        raise ValueError(
+            f"metric must be one of the reported step-record keys {REPORTED_KEYS}, got {metric!r}."
+        )
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+    unknown = [
+        k
+        for k in search_space
+        if k.split(".")[0] not in trainer_kwargs and k.split(".")[0] not in _TRAINER_ARGS
+    ]
+    if unknown:
+        raise ValueError(
+            f"search_space keys {unknown} are not ReptileMetaRL arguments (dotted paths into them)."
+        )
+    mode_started = ensure_ray(
+        trainer_kwargs.get("ray_address"), ray_init_kwargs=trainer_kwargs.get("ray_init_kwargs")
+    )
+    try:
+        outer_steps = int(trainer_kwargs["outer_steps"])
+        trainable = tune.with_parameters(
+            meta_trainable,
+            base_kwargs=trainer_kwargs,
+            learn_kwargs=dict(learn_kwargs or {}),
+            checkpoint_freq=checkpoint_freq,
+        )
+        trainable = tune.with_resources(
+            trainable,
+            trial_resources(
+                int(trainer_kwargs.get("num_workers", 1)), trainer_kwargs.get("worker_resources")
+            ),
+        )
+        scheduler = ASHAScheduler(
+            time_attr="outer_step", max_t=outer_steps, grace_period=max(1, grace_period)
+        )
+        param_space = parse_search_space(search_space)
+        if seed is not None:
+            from ray.tune.search import BasicVariantGenerator
+
+            search_alg: Any = BasicVariantGenerator(random_state=seed)
+        else:
+            search_alg = None
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                scheduler=scheduler,
+                num_samples=num_samples,
+                max_concurrent_trials=max_concurrent_trials,
+                search_alg=search_alg,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(Path(storage_path).resolve()),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                verbose=0,
+            ),
+        )
+        return tuner.fit()
+    finally:
+        if mode_started in ("started", "joined"):
+            ray.shutdown()
+
+
+_TRAINER_ARGS = {
+    "meta_lr",
+    "task_batch_size",
+    "inner_steps",
+    "outer_steps",
+    "rl_algo_kwargs",
+    "tasks_generator_params",
+    "inner_loop_params",
+    "meta_optimizer_kwargs",
+    "use_meta_optimizer",
+    "ignored_layers",
+    "seed",
+    "num_workers",
+}
+
+
+def results_table(results: Any, metric: str, mode: str, search_keys: list[str]) -> str:
+    """A plain-text table of the trials: hyperparameters, last and best metric, steps, status."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        values = history[metric].dropna() if history is not None and metric in history else []
+        best = (max(values) if mode == "max" else min(values)) if len(values) else float("nan")
+        config = result.config or {}
+        rows.append(
+            [str(result.path).rsplit("/", 1)[-1][:28]]
+            + [_fmt(config.get(k)) for k in search_keys]
+            + [
+                _fmt(result.metrics.get(metric)),
+                _fmt(best),
+                str(result.metrics.get("outer_step", "")),
+                "ERROR" if result.error else "OK",
+            ]
+        )
+    header = ["trial", *search_keys, f"last {metric}", f"best {metric}", "outer steps", "status"]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def best_checkpoint(results: Any, metric: str, mode: str) -> Path:
+    """The trainer checkpoint folder of the best trial (load it with ``ReptileMetaRL.load``)."""
+    best = results.get_best_result(metric=metric, mode=mode, scope="all")
+    if best.checkpoint is None:
+        raise RuntimeError("The best trial has no checkpoint; set checkpoint_freq > 0.")
+    return Path(best.checkpoint.path) / "trainer"
