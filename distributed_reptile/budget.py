@@ -22,12 +22,13 @@ def compute_updates(model: Any, inner_steps: int) -> tuple[int, int, int]:
     if inner_steps <= 0:
         raise ValueError(f"inner_steps must be positive, got {inner_steps}.")
     n_envs = int(getattr(model, "n_envs", 1))
+    algo: Any = model  # algorithm-specific attributes (batch_size, n_critic_updates, train_freq)
     if isinstance(model, OnPolicyAlgorithm):
         rollout = int(model.n_steps) * n_envs
         n_rollouts = math.ceil(inner_steps / rollout)
         name = type(model).__name__
         if name == "TRPO":
-            per_rollout = 1 + int(model.n_critic_updates) * math.ceil(rollout / int(model.batch_size))
+            per_rollout = 1 + int(algo.n_critic_updates) * math.ceil(rollout / int(algo.batch_size))
         elif hasattr(model, "n_epochs") and hasattr(model, "batch_size"):
             per_rollout = int(model.n_epochs) * math.ceil(rollout / int(model.batch_size))
         elif name == "A2C":
@@ -36,7 +37,7 @@ def compute_updates(model: Any, inner_steps: int) -> tuple[int, int, int]:
             raise ValueError(f"No exact update count is known for on-policy algorithm {name}.")
         return per_rollout, per_rollout * n_rollouts, n_rollouts
     if isinstance(model, OffPolicyAlgorithm):
-        train_freq = model.train_freq
+        train_freq = algo.train_freq
         if train_freq.unit != TrainFrequencyUnit.STEP:
             raise ValueError("train_freq counted in episodes has no exact update count before training.")
         steps_per_rollout = int(train_freq.frequency) * n_envs

@@ -165,7 +165,7 @@ class BaseMetaAlgorithm(ABC):
         self.meta_lr = meta_lr
         self.meta_lr_schedule = normalize_lr_schedule(meta_lr)
         self.is_constant_meta_lr = isinstance(meta_lr, int | float)
-        self.current_meta_lr: float | None = float(meta_lr) if self.is_constant_meta_lr else None
+        self.current_meta_lr: float | None = float(meta_lr) if isinstance(meta_lr, int | float) else None
         self._last_optimizer_meta_lr: float | None = self.current_meta_lr
         self.verbose = int(verbose)
         self.device = get_device(device)
@@ -344,7 +344,8 @@ class BaseMetaAlgorithm(ABC):
             return None
         lr0 = self.get_meta_lr(0)
         self._last_optimizer_meta_lr = lr0
-        return self.meta_optimizer_cls(self.get_meta_optimizer_params(), lr=lr0, **self.meta_optimizer_kwargs)
+        optimizer_cls: Any = self.meta_optimizer_cls
+        return optimizer_cls(self.get_meta_optimizer_params(), lr=lr0, **self.meta_optimizer_kwargs)
 
     def _init_budget_counters(self) -> None:
         self.updates_per_rollout: int | None = None
@@ -598,7 +599,9 @@ class BaseMetaAlgorithm(ABC):
                     "inner learning rate or clip gradients (max_grad_norm), or pass on_nonfinite='skip'."
                 )
                 if self.on_nonfinite == "raise":
-                    results.close()
+                    close = getattr(results, "close", None)
+                    if close is not None:
+                        close()  # lets the runner wait for the tasks still in flight
                     raise NonFiniteWeightsError(msg)
                 warnings.warn(msg + " Skipped.", RuntimeWarning, stacklevel=2)
                 stats["skipped"].append(result.meta_step)
@@ -677,7 +680,7 @@ class BaseMetaAlgorithm(ABC):
 
     def save_meta_algo(self, path: str | os.PathLike[str]) -> None:
         """Save the meta model with SB3's own ``.save()`` (load it with e.g. ``PPO.load``)."""
-        self.meta_algo.save(path)
+        self.meta_algo.save(Path(path))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a complete, resumable checkpoint folder at ``path`` (atomically)."""

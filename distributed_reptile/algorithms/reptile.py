@@ -58,4 +58,4 @@ class ReptileMetaRL(BaseMetaAlgorithm):
 
 
 def _norm(tensors: Iterable[th.Tensor]) -> float:
-    return float(th.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
+    return float(np.sqrt(sum(float((t.double() ** 2).sum()) for t in tensors)))

@@ -205,7 +205,7 @@ class InnerLearner:
         finally:
             if job.spec.env is None:
                 env.close()
-        return [float(r) for r in returns]
+        return [float(r) for r in np.atleast_1d(returns)]
 
     # ------------------------------------------------------------------ fresh start
     def prepare_model(self, env: Any) -> BaseAlgorithm:
