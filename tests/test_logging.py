@@ -70,5 +70,6 @@ def test_progress_bar_and_budget_summary(capsys):
     out, err = capsys.readouterr()
     assert "gradient updates per task: 8 (4 per rollout x 2 rollouts)" in out
     assert "env steps per task: 128; per outer step: 512" in out
+    assert "revisits: ratio 0.15, from meta step 1, sampling random" in out
     assert "[outer 2/2]" in out + err
     assert "2/2" in err and "tasks_per_s" in err
