@@ -39,13 +39,19 @@ def compute_updates(model: Any, inner_steps: int) -> tuple[int, int, int]:
     if isinstance(model, OffPolicyAlgorithm):
         train_freq = algo.train_freq
         if train_freq.unit != TrainFrequencyUnit.STEP:
-            raise ValueError("train_freq counted in episodes has no exact update count before training.")
+            raise ValueError(
+                "train_freq counted in episodes has no exact update count before training."
+            )
         steps_per_rollout = int(train_freq.frequency) * n_envs
         n_rollouts = math.ceil(inner_steps / steps_per_rollout)
         gradient_steps = int(model.gradient_steps)
         per_rollout = gradient_steps if gradient_steps >= 0 else steps_per_rollout
         training_rollouts = sum(
-            1 for k in range(1, n_rollouts + 1) if k * steps_per_rollout > int(model.learning_starts)
+            1
+            for k in range(1, n_rollouts + 1)
+            if k * steps_per_rollout > int(model.learning_starts)
         )
         return per_rollout, per_rollout * training_rollouts, n_rollouts
-    raise ValueError(f"{type(model).__name__} is neither an SB3 on-policy nor off-policy algorithm.")
+    raise ValueError(
+        f"{type(model).__name__} is neither an SB3 on-policy nor off-policy algorithm."
+    )

@@ -53,7 +53,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_checkpoint(final_dir: str | os.PathLike[str], write_files: Callable[[Path], None]) -> Path:
+def write_checkpoint(
+    final_dir: str | os.PathLike[str], write_files: Callable[[Path], None]
+) -> Path:
     """Call ``write_files(tmp_dir)``, add the manifest, then move the folder to ``final_dir`` atomically."""
     final = Path(final_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,12 @@ def list_checkpoints(folder: str | os.PathLike[str], prefix: str) -> list[Path]:
     found = []
     for path in root.iterdir():
         match = _STEP_RE.search(path.name)
-        if path.is_dir() and path.name.startswith(prefix + "_outer_") and match and (path / MANIFEST).exists():
+        if (
+            path.is_dir()
+            and path.name.startswith(prefix + "_outer_")
+            and match
+            and (path / MANIFEST).exists()
+        ):
             found.append((int(match.group(1)), path))
     return [p for _, p in sorted(found)]
 
@@ -141,5 +148,7 @@ def prune_checkpoints(folder: str | os.PathLike[str], prefix: str, keep_last: in
     """Delete all but the newest ``keep_last`` checkpoints (``None`` keeps all)."""
     if keep_last is None:
         return
-    for old in list_checkpoints(folder, prefix)[: max(0, len(list_checkpoints(folder, prefix)) - keep_last)]:
+    for old in list_checkpoints(folder, prefix)[
+        : max(0, len(list_checkpoints(folder, prefix)) - keep_last)
+    ]:
         shutil.rmtree(old, ignore_errors=True)

@@ -41,7 +41,9 @@ def linear_schedule(start: float, end: float) -> LinearSchedule:
 def normalize_lr_schedule(meta_lr: LRSchedule) -> Callable[[int, int], float]:
     """Turn a float or a callable ``(step, total_steps) -> lr`` into a callable schedule."""
     if isinstance(meta_lr, bool):
-        raise TypeError("meta_lr must be a float or a callable (step, total_steps) -> lr, not a bool.")
+        raise TypeError(
+            "meta_lr must be a float or a callable (step, total_steps) -> lr, not a bool."
+        )
     if isinstance(meta_lr, int | float):
         return ConstantSchedule(float(meta_lr))
     if callable(meta_lr):

@@ -11,7 +11,12 @@ from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from distributed_reptile import ReptileMetaRL, TaskGenerator
 from distributed_reptile.tasks.families import make_cartpole_task
 
-OFF_POLICY = {"learning_starts": 32, "buffer_size": 1000, "batch_size": 32, "policy_kwargs": {"net_arch": [32]}}
+OFF_POLICY = {
+    "learning_starts": 32,
+    "buffer_size": 1000,
+    "batch_size": 32,
+    "policy_kwargs": {"net_arch": [32]},
+}
 CASES = {
     "PPO": (PPO, {"n_steps": 64, "batch_size": 32, "n_epochs": 2}, make_cartpole_task),
     "A2C": (A2C, {"n_steps": 16}, make_cartpole_task),

@@ -91,7 +91,9 @@ class NaNLearner(InnerLearner):
 
 
 def test_non_finite_adapted_weights_are_never_folded_in():
-    with ReptileMetaRL(**cartpole_kwargs(inner_learner_cls=NaNLearner, outer_steps=1, task_batch_size=2)) as meta:
+    with ReptileMetaRL(
+        **cartpole_kwargs(inner_learner_cls=NaNLearner, outer_steps=1, task_batch_size=2)
+    ) as meta:
         before = weights_of(meta)
         with pytest.raises(NonFiniteWeightsError, match="meta_step=1.*on_nonfinite='skip'"):
             meta.learn()
@@ -101,7 +103,9 @@ def test_non_finite_adapted_weights_are_never_folded_in():
 
 
 def test_non_finite_tasks_can_be_skipped_instead():
-    kwargs = cartpole_kwargs(inner_learner_cls=NaNLearner, outer_steps=1, task_batch_size=2, on_nonfinite="skip")
+    kwargs = cartpole_kwargs(
+        inner_learner_cls=NaNLearner, outer_steps=1, task_batch_size=2, on_nonfinite="skip"
+    )
     with ReptileMetaRL(**kwargs) as meta, pytest.warns(RuntimeWarning, match="Skipped"):
         meta.learn()
     record = meta.step_records[0]
@@ -115,7 +119,10 @@ def test_save_freq_without_save_path_is_refused():
 
 
 def test_unknown_task_seed_mode_is_refused():
-    with ReptileMetaRL(**cartpole_kwargs()) as meta, pytest.raises(ValueError, match="task_seed_mode"):
+    with (
+        ReptileMetaRL(**cartpole_kwargs()) as meta,
+        pytest.raises(ValueError, match="task_seed_mode"),
+    ):
         meta.learn(task_seed_mode="worker")
 
 
@@ -134,13 +141,22 @@ class UnpicklableGenerator:
 
 def test_env_that_cannot_be_pickled_gets_a_clear_error_on_ray(ray_session):
     with pytest.raises(TypeError, match="cannot be pickled.*task_callable"):
-        ReptileMetaRL(**cartpole_kwargs(tasks_generator_cls=UnpicklableGenerator, tasks_generator_params={},
-                                        backend="ray"))
+        ReptileMetaRL(
+            **cartpole_kwargs(
+                tasks_generator_cls=UnpicklableGenerator, tasks_generator_params={}, backend="ray"
+            )
+        )
 
 
 def test_unpicklable_env_still_works_serially():
-    with ReptileMetaRL(**cartpole_kwargs(tasks_generator_cls=UnpicklableGenerator, tasks_generator_params={},
-                                         outer_steps=1, task_batch_size=1)) as meta:
+    with ReptileMetaRL(
+        **cartpole_kwargs(
+            tasks_generator_cls=UnpicklableGenerator,
+            tasks_generator_params={},
+            outer_steps=1,
+            task_batch_size=1,
+        )
+    ) as meta:
         meta.learn()
     assert meta.num_outer_steps == 1
 
@@ -155,6 +171,8 @@ def test_failing_env_names_the_task_and_the_cause():
         return (Exploding(env) if random_seed >= 0 else env), info
 
     # the bootstrap env is built but never stepped, so construction succeeds
-    with ReptileMetaRL(**cartpole_kwargs(tasks_generator_params={"task_callable": make}, outer_steps=1)) as meta:
+    with ReptileMetaRL(
+        **cartpole_kwargs(tasks_generator_params={"task_callable": make}, outer_steps=1)
+    ) as meta:
         with pytest.raises(RuntimeError, match=r"meta_step=0 .*simulator crashed"):
             meta.learn()

@@ -29,12 +29,49 @@ def _count_steps(model, inner_steps: int, optimizer_attr: str) -> int:
 
 
 CASES = [
-    ("PPO", lambda env: PPO("MlpPolicy", env, n_steps=64, batch_size=24, n_epochs=3), "policy.optimizer", 200),
+    (
+        "PPO",
+        lambda env: PPO("MlpPolicy", env, n_steps=64, batch_size=24, n_epochs=3),
+        "policy.optimizer",
+        200,
+    ),
     ("A2C", lambda env: A2C("MlpPolicy", env, n_steps=10), "policy.optimizer", 95),
-    ("TRPO", lambda env: TRPO("MlpPolicy", env, n_steps=64, batch_size=32, n_critic_updates=3), "policy.optimizer", 130),
-    ("DQN", lambda env: DQN("MlpPolicy", env, learning_starts=50, train_freq=4, gradient_steps=2, buffer_size=500), "policy.optimizer", 203),
-    ("SAC", lambda env: SAC("MlpPolicy", env, learning_starts=30, train_freq=3, gradient_steps=-1, buffer_size=500, batch_size=16), "critic.optimizer", 100),
-    ("TD3", lambda env: TD3("MlpPolicy", env, learning_starts=10, train_freq=5, buffer_size=500, batch_size=16), "critic.optimizer", 61),
+    (
+        "TRPO",
+        lambda env: TRPO("MlpPolicy", env, n_steps=64, batch_size=32, n_critic_updates=3),
+        "policy.optimizer",
+        130,
+    ),
+    (
+        "DQN",
+        lambda env: DQN(
+            "MlpPolicy", env, learning_starts=50, train_freq=4, gradient_steps=2, buffer_size=500
+        ),
+        "policy.optimizer",
+        203,
+    ),
+    (
+        "SAC",
+        lambda env: SAC(
+            "MlpPolicy",
+            env,
+            learning_starts=30,
+            train_freq=3,
+            gradient_steps=-1,
+            buffer_size=500,
+            batch_size=16,
+        ),
+        "critic.optimizer",
+        100,
+    ),
+    (
+        "TD3",
+        lambda env: TD3(
+            "MlpPolicy", env, learning_starts=10, train_freq=5, buffer_size=500, batch_size=16
+        ),
+        "critic.optimizer",
+        61,
+    ),
 ]
 
 

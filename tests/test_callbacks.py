@@ -33,7 +33,9 @@ class Recorder(MetaCallback):
         self.calls.append(("step_start", outer_step))
 
     def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
-        self.calls.append(("step_end", record["outer_step"], record["update_norm"] > 0, len(record["tasks"])))
+        self.calls.append(
+            ("step_end", record["outer_step"], record["update_norm"] > 0, len(record["tasks"]))
+        )
         return self.stop_after is None or record["outer_step"] < self.stop_after
 
     def _on_training_end(self) -> None:
@@ -44,8 +46,14 @@ def test_hooks_run_in_order_and_see_the_step_record():
     rec = Recorder()
     with ReptileMetaRL(**cartpole_kwargs(outer_steps=2)) as meta:
         meta.learn(callback=rec)
-    assert rec.calls == ["start", ("step_start", 0), ("step_end", 1, True, 4), ("step_start", 1),
-                         ("step_end", 2, True, 4), "end"]
+    assert rec.calls == [
+        "start",
+        ("step_start", 0),
+        ("step_end", 1, True, 4),
+        ("step_start", 1),
+        ("step_end", 2, True, 4),
+        "end",
+    ]
     assert rec.trainer is meta
 
 
@@ -73,11 +81,18 @@ def test_checkpoint_callback_and_save_freq_agree(tmp_path):
         meta.learn(callback=CheckpointCallback(2, str(tmp_path / "cb"), "m"), save_final=False)
         meta.learn(save_freq=2, save_path=str(tmp_path / "sf"), save_prefix="m", save_final=False)
     names = [p.name for p in list_checkpoints(tmp_path / "cb", "m")]
-    assert names == ["m_outer_2", "m_outer_4"] == [p.name for p in list_checkpoints(tmp_path / "sf", "m")]
+    assert (
+        names
+        == ["m_outer_2", "m_outer_4"]
+        == [p.name for p in list_checkpoints(tmp_path / "sf", "m")]
+    )
 
 
 def test_a_callback_of_the_wrong_kind_is_refused():
-    with ReptileMetaRL(**cartpole_kwargs(outer_steps=1)) as meta, pytest.raises(TypeError, match="MetaCallback"):
+    with (
+        ReptileMetaRL(**cartpole_kwargs(outer_steps=1)) as meta,
+        pytest.raises(TypeError, match="MetaCallback"),
+    ):
         meta.learn(callback=[lambda record: True])
 
 
@@ -109,7 +124,9 @@ def _tracked_task(random_seed: int, fail: bool = False):
 def test_every_task_env_is_closed_also_on_failure():
     OPENED.clear()
     CLOSED.clear()
-    with ReptileMetaRL(**cartpole_kwargs(outer_steps=2, tasks_generator_params={"task_callable": _tracked_task})) as meta:
+    with ReptileMetaRL(
+        **cartpole_kwargs(outer_steps=2, tasks_generator_params={"task_callable": _tracked_task})
+    ) as meta:
         meta.learn()
     assert len(OPENED) > 8 and sorted(OPENED) == sorted(CLOSED)
     OPENED.clear()

@@ -20,8 +20,15 @@ def test_checkpoint_folder_holds_everything_to_resume(tmp_path):
         expected = weights_of(meta)
     folder = tmp_path / "ck_outer_2"
     names = {p.name for p in folder.iterdir()}
-    assert {"meta_policy.safetensors", "meta_optimizer.pt", "task_source.pkl", "config.pkl",
-            "trainer_state.json", "meta_algo.zip", "MANIFEST.json"} <= names
+    assert {
+        "meta_policy.safetensors",
+        "meta_optimizer.pt",
+        "task_source.pkl",
+        "config.pkl",
+        "trainer_state.json",
+        "meta_algo.zip",
+        "MANIFEST.json",
+    } <= names
     state = json.loads((folder / "trainer_state.json").read_text())
     assert state["num_outer_steps"] == 2 and state["seed"] == 0
     assert {"torch", "ray", "stable-baselines3", "gymnasium"} <= set(state["versions"])
@@ -30,7 +37,9 @@ def test_checkpoint_folder_holds_everything_to_resume(tmp_path):
     assert th.load(folder / "meta_optimizer.pt", weights_only=True)["state"]
     sb3 = PPO.load(folder / "meta_algo.zip")
     assert all(th.equal(sb3.policy.state_dict()[k], expected[k]) for k in expected)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], (
+        "temporary folders left behind"
+    )
 
 
 def test_save_freq_and_keep_last(tmp_path):

@@ -51,23 +51,45 @@ def test_same_seed_same_weights_different_seed_different_weights():
 
 ALGOS = {
     "PPO": (PPO, dict(SMALL_PPO), make_cartpole_task),
-    "A2C": (A2C, {"policy": "MlpPolicy", "n_steps": 16, "policy_kwargs": {"net_arch": [16]}}, make_cartpole_task),
+    "A2C": (
+        A2C,
+        {"policy": "MlpPolicy", "n_steps": 16, "policy_kwargs": {"net_arch": [16]}},
+        make_cartpole_task,
+    ),
     "DQN": (
         DQN,
-        {"policy": "MlpPolicy", "learning_starts": 20, "buffer_size": 500, "batch_size": 16,
-         "train_freq": 4, "target_update_interval": 8, "policy_kwargs": {"net_arch": [16]}},
+        {
+            "policy": "MlpPolicy",
+            "learning_starts": 20,
+            "buffer_size": 500,
+            "batch_size": 16,
+            "train_freq": 4,
+            "target_update_interval": 8,
+            "policy_kwargs": {"net_arch": [16]},
+        },
         make_cartpole_task,
     ),
     "SAC": (
         SAC,
-        {"policy": "MlpPolicy", "learning_starts": 20, "buffer_size": 500, "batch_size": 16,
-         "policy_kwargs": {"net_arch": [16]}},
+        {
+            "policy": "MlpPolicy",
+            "learning_starts": 20,
+            "buffer_size": 500,
+            "batch_size": 16,
+            "policy_kwargs": {"net_arch": [16]},
+        },
         make_pendulum_task,
     ),
     "TD3": (
         TD3,
-        {"policy": "MlpPolicy", "learning_starts": 20, "buffer_size": 500, "batch_size": 16,
-         "policy_delay": 2, "policy_kwargs": {"net_arch": [16]}},
+        {
+            "policy": "MlpPolicy",
+            "learning_starts": 20,
+            "buffer_size": 500,
+            "batch_size": 16,
+            "policy_delay": 2,
+            "policy_kwargs": {"net_arch": [16]},
+        },
         make_pendulum_task,
     ),
 }
@@ -121,7 +143,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, ray_session):
     # Resume on another backend and worker count: the run must not notice.
     with ReptileMetaRL.load(ckpt, backend="ray", num_workers=2) as resumed:
         assert resumed.num_outer_steps == 2 and resumed.outer_steps == 4
-        assert [r["tasks"] for r in resumed.step_records] == [r["tasks"] for r in expected_records[:2]]
+        assert [r["tasks"] for r in resumed.step_records] == [
+            r["tasks"] for r in expected_records[:2]
+        ]
         resumed.learn(reset_num_timesteps=False)
         got, got_records = weights_of(resumed), resumed.step_records
 
@@ -137,7 +161,9 @@ def test_run_stopped_by_a_callback_then_resumed_equals_uninterrupted_run(tmp_pat
         full.learn()
         expected = weights_of(full)
     with ReptileMetaRL(**_resume_kwargs()) as interrupted:
-        interrupted.learn(callback=StopOnStepRecord("outer_step", 2), save_path=str(tmp_path), save_prefix="cut")
+        interrupted.learn(
+            callback=StopOnStepRecord("outer_step", 2), save_path=str(tmp_path), save_prefix="cut"
+        )
         assert interrupted.num_outer_steps == 2
     with ReptileMetaRL.load(tmp_path / "cut_outer_2") as resumed:
         resumed.learn(reset_num_timesteps=False)

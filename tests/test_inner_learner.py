@@ -29,7 +29,9 @@ def test_evaluation_job_without_learning_reports_episodes_and_no_weights():
 
 def test_per_job_budget_overrides_the_learner_budget_once():
     spec, learner, weights = _setup()
-    short = learner.run(TaskJob(spec, task_seed=5, index=0, inner_steps=64, eval_episodes=2), weights)
+    short = learner.run(
+        TaskJob(spec, task_seed=5, index=0, inner_steps=64, eval_episodes=2), weights
+    )
     assert short.env_steps == 64 and len(short.eval_returns) == 2 and short.weights
     default = learner.run(TaskJob(spec, task_seed=5, index=0), weights)
     assert default.env_steps == 128 and default.eval_returns == []

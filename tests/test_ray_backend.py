@@ -45,12 +45,19 @@ LOCAL_RAY_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_script(script: str, env: dict[str, str] | None = None, timeout: int = 240) -> dict[str, Any]:
+def _run_script(
+    script: str, env: dict[str, str] | None = None, timeout: int = 240
+) -> dict[str, Any]:
     import json
     import os
 
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -107,7 +114,9 @@ def test_trainer_joins_a_given_cluster_and_leaves_it_running():
 
 
 def test_worker_resources_pass_through_and_torch_uses_one_thread(ray_session):
-    kwargs = cartpole_kwargs(backend="ray", num_workers=2, worker_resources={"num_cpus": 0.5, "learner_slot": 1})
+    kwargs = cartpole_kwargs(
+        backend="ray", num_workers=2, worker_resources={"num_cpus": 0.5, "learner_slot": 1}
+    )
     with ReptileMetaRL(**kwargs) as meta:
         info = meta.runner.worker_info
     assert len(info) == 2
@@ -117,7 +126,9 @@ def test_worker_resources_pass_through_and_torch_uses_one_thread(ray_session):
 
 
 def test_more_tasks_than_workers_queue_and_results_keep_task_order(ray_session):
-    with ReptileMetaRL(**cartpole_kwargs(backend="ray", num_workers=2, task_batch_size=5, outer_steps=2)) as meta:
+    with ReptileMetaRL(
+        **cartpole_kwargs(backend="ray", num_workers=2, task_batch_size=5, outer_steps=2)
+    ) as meta:
         actor_pids = {w["pid"] for w in meta.runner.worker_info}
         meta.learn()
         records = meta.step_records
@@ -145,19 +156,25 @@ class SimpleCartPoleTaskGenerator:
     def reset_history(self) -> None:
         pass
 
-    def get_task(self, meta_step: int, seed: int | None = None) -> tuple[gym.Env, dict[str, Any], int | None]:
+    def get_task(
+        self, meta_step: int, seed: int | None = None
+    ) -> tuple[gym.Env, dict[str, Any], int | None]:
         env = gym.make(self.env_id)
         info: dict[str, Any] = {"meta_step": meta_step}
         return env, info, meta_step
 
 
 def test_original_readme_generator_works_on_both_backends(ray_session):
-    kwargs = cartpole_kwargs(tasks_generator_cls=SimpleCartPoleTaskGenerator, tasks_generator_params={}, outer_steps=2)
+    kwargs = cartpole_kwargs(
+        tasks_generator_cls=SimpleCartPoleTaskGenerator, tasks_generator_params={}, outer_steps=2
+    )
     with ReptileMetaRL(**kwargs) as serial:
         serial.learn()
     with ReptileMetaRL(**{**kwargs, "backend": "ray", "num_workers": 2}) as on_ray:
         on_ray.learn()
-    assert [t["info"] for t in on_ray.step_records[1]["tasks"]] == [{"meta_step": m} for m in range(4, 8)]
+    assert [t["info"] for t in on_ray.step_records[1]["tasks"]] == [
+        {"meta_step": m} for m in range(4, 8)
+    ]
     a, b = weights_of(serial), weights_of(on_ray)
     assert all(th.equal(a[k], b[k]) for k in a)
 

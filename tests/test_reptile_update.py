@@ -16,8 +16,12 @@ def _results(meta: ReptileMetaRL, deltas: list[float]) -> list[AdaptedResult]:
     """One fake adapted result per delta: every parameter moved by that constant."""
     out = []
     for i, d in enumerate(deltas):
-        weights = {n: (p.detach().numpy() + np.float32(d)) for n, p in meta.meta_policy.named_parameters()}
-        out.append(AdaptedResult(meta_step=i, index=i, weights=weights, episode_returns=[], env_steps=0))
+        weights = {
+            n: (p.detach().numpy() + np.float32(d)) for n, p in meta.meta_policy.named_parameters()
+        }
+        out.append(
+            AdaptedResult(meta_step=i, index=i, weights=weights, episode_returns=[], env_steps=0)
+        )
     return out
 
 
@@ -28,7 +32,9 @@ def test_plain_step_is_phi_plus_lr_times_mean_delta():
         after = weights_of(meta)
         for name in before:
             th.testing.assert_close(after[name], before[name] + 0.25 * 3.0, rtol=0, atol=1e-6)
-        assert meta._last_update_norm == pytest.approx(0.25 * 3.0 * np.sqrt(sum(p.numel() for p in meta.meta_policy.parameters())), rel=1e-5)
+        assert meta._last_update_norm == pytest.approx(
+            0.25 * 3.0 * np.sqrt(sum(p.numel() for p in meta.meta_policy.parameters())), rel=1e-5
+        )
 
 
 def test_ignored_layers_are_left_out_of_the_update():
@@ -36,7 +42,12 @@ def test_ignored_layers_are_left_out_of_the_update():
         before = weights_of(meta)
         meta.meta_update(iter(_results(meta, [1.0])), outer_step=0)
         after = weights_of(meta)
-        assert meta.ignored_params == {"action_net.weight", "action_net.bias", "value_net.weight", "value_net.bias"}
+        assert meta.ignored_params == {
+            "action_net.weight",
+            "action_net.bias",
+            "value_net.weight",
+            "value_net.bias",
+        }
         for name in before:
             if name in meta.ignored_params:
                 assert th.equal(after[name], before[name])
@@ -45,7 +56,9 @@ def test_ignored_layers_are_left_out_of_the_update():
 
 
 def test_unmatched_ignored_prefix_lists_the_available_names():
-    with pytest.raises(ValueError, match=r"match no parameter.*mlp_extractor\.policy_net\.0\.weight"):
+    with pytest.raises(
+        ValueError, match=r"match no parameter.*mlp_extractor\.policy_net\.0\.weight"
+    ):
         ReptileMetaRL(**cartpole_kwargs(ignored_layers=["log_std_typo"]))
 
 
@@ -53,7 +66,9 @@ def test_meta_optimizer_sgd_equals_the_plain_step():
     with ReptileMetaRL(**cartpole_kwargs(meta_lr=0.3)) as plain:
         plain.meta_update(iter(_results(plain, [1.0, -0.5])), outer_step=0)
         expected = weights_of(plain)
-    with ReptileMetaRL(**cartpole_kwargs(meta_lr=0.3, use_meta_optimizer=True, meta_optimizer_cls=th.optim.SGD)) as opt:
+    with ReptileMetaRL(
+        **cartpole_kwargs(meta_lr=0.3, use_meta_optimizer=True, meta_optimizer_cls=th.optim.SGD)
+    ) as opt:
         opt.meta_update(iter(_results(opt, [1.0, -0.5])), outer_step=0)
         got = weights_of(opt)
     for name in expected:
@@ -61,8 +76,12 @@ def test_meta_optimizer_sgd_equals_the_plain_step():
 
 
 def test_meta_optimizer_adam_keeps_state_and_respects_ignore_optimizer_params():
-    kwargs = cartpole_kwargs(use_meta_optimizer=True, ignored_layers=["value_net"], ignore_optimizer_params=True,
-                             meta_optimizer_kwargs={"betas": (0.0, 0.999)})
+    kwargs = cartpole_kwargs(
+        use_meta_optimizer=True,
+        ignored_layers=["value_net"],
+        ignore_optimizer_params=True,
+        meta_optimizer_kwargs={"betas": (0.0, 0.999)},
+    )
     with ReptileMetaRL(**kwargs) as meta:
         in_opt = {id(p) for g in meta.meta_optimizer.param_groups for p in g["params"]}
         names = {n for n, p in meta.meta_policy.named_parameters() if id(p) in in_opt}
@@ -93,7 +112,9 @@ def test_callable_schedule_drives_the_optimizer_lr_only_when_it_changes():
         calls.append((step, total))
         return 0.1 if step < 2 else 0.05
 
-    with ReptileMetaRL(**cartpole_kwargs(outer_steps=4, meta_lr=schedule, use_meta_optimizer=True)) as meta:
+    with ReptileMetaRL(
+        **cartpole_kwargs(outer_steps=4, meta_lr=schedule, use_meta_optimizer=True)
+    ) as meta:
         for step in range(4):
             meta.meta_update(iter(_results(meta, [0.1])), outer_step=step)
             assert meta.meta_optimizer.param_groups[0]["lr"] == (0.1 if step < 2 else 0.05)

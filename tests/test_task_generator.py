@@ -31,7 +31,9 @@ def test_static_random_is_seeded_and_covers_all_tasks():
 
 
 def test_static_weighted_follows_the_weights():
-    gen = TaskGenerator(tasks=_static(2), sampling_method="weighted", sampling_weights=[0.9, 0.1], generator_seed=0)
+    gen = TaskGenerator(
+        tasks=_static(2), sampling_method="weighted", sampling_weights=[0.9, 0.1], generator_seed=0
+    )
     counts = Counter(gen.get_task(m)[1]["id"] for m in range(2000))
     assert 0.85 < counts[0] / 2000 < 0.95
 
@@ -75,8 +77,13 @@ def test_callable_mode_records_history_and_origin():
 
 
 def test_revisits_rebuild_a_past_task_from_its_seed():
-    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=1.0, revisit_start=2,
-                        sampling_method="cyclic", generator_seed=0)
+    gen = TaskGenerator(
+        task_callable=make_cartpole_task,
+        revisit_ratio=1.0,
+        revisit_start=2,
+        sampling_method="cyclic",
+        generator_seed=0,
+    )
     s0, s1 = gen.sample_spec(0), gen.sample_spec(1)  # before revisit_start: new tasks
     s2, s3, s4 = gen.sample_spec(2), gen.sample_spec(3), gen.sample_spec(4)
     assert not s0.revisit and not s1.revisit
@@ -99,23 +106,35 @@ def test_weighted_revisits_use_the_weight_function():
     def only_first(history):
         return [1.0] + [0.0] * (len(history) - 1)
 
-    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=0.5, sampling_method="weighted",
-                        revisit_weight_fn=only_first, generator_seed=0)
+    gen = TaskGenerator(
+        task_callable=make_cartpole_task,
+        revisit_ratio=0.5,
+        sampling_method="weighted",
+        revisit_weight_fn=only_first,
+        generator_seed=0,
+    )
     specs = [gen.sample_spec(m) for m in range(40)]
     revisits = [s for s in specs if s.revisit]
     assert revisits and all(s.origin_meta_step == 0 for s in revisits)
 
 
 def test_weight_function_with_wrong_length_is_refused():
-    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=1.0, sampling_method="weighted",
-                        revisit_weight_fn=lambda h: [1.0, 1.0, 1.0], generator_seed=0)
+    gen = TaskGenerator(
+        task_callable=make_cartpole_task,
+        revisit_ratio=1.0,
+        sampling_method="weighted",
+        revisit_weight_fn=lambda h: [1.0, 1.0, 1.0],
+        generator_seed=0,
+    )
     gen.sample_spec(0)
     with pytest.raises(ValueError, match="one weight per task"):
         gen.sample_spec(1)
 
 
 def test_history_off_means_no_revisits():
-    gen = TaskGenerator(task_callable=make_cartpole_task, revisit_ratio=1.0, history=False, generator_seed=0)
+    gen = TaskGenerator(
+        task_callable=make_cartpole_task, revisit_ratio=1.0, history=False, generator_seed=0
+    )
     assert not any(gen.sample_spec(m).revisit for m in range(20))
     assert gen.selected_tasks == []
 

@@ -39,7 +39,9 @@ def test_trial_placement_group_has_a_bundle_per_worker():
 
 
 def test_two_trial_sweep_reports_every_step_and_best_checkpoint_loads(tmp_path, ray_session):
-    kwargs = cartpole_kwargs(backend="ray", num_workers=1, outer_steps=2, task_batch_size=2, inner_steps=64)
+    kwargs = cartpole_kwargs(
+        backend="ray", num_workers=1, outer_steps=2, task_batch_size=2, inner_steps=64
+    )
     t0 = time.perf_counter()
     results = run_sweep(
         kwargs,
@@ -93,13 +95,20 @@ def test_failed_trial_resumes_from_its_tune_checkpoint_exactly(tmp_path, ray_ses
     marker = tmp_path / "failed_once"
     learner_cls = functools.partial(FailOnceLearner, marker=str(marker))
     kwargs = cartpole_kwargs(num_workers=1, outer_steps=3, task_batch_size=2, inner_steps=64)
-    results = run_sweep({**kwargs, "inner_learner_cls": learner_cls}, {"meta_lr": 0.5},
-                        storage_path=str(tmp_path / "tune"), num_samples=1, max_failures=1)
+    results = run_sweep(
+        {**kwargs, "inner_learner_cls": learner_cls},
+        {"meta_lr": 0.5},
+        storage_path=str(tmp_path / "tune"),
+        num_samples=1,
+        max_failures=1,
+    )
     assert marker.exists(), "the failure never happened"
     assert not results.errors
     with ReptileMetaRL(**kwargs) as undisturbed:
         undisturbed.learn()
         expected = weights_of(undisturbed)
-    with ReptileMetaRL.load(best_checkpoint(results, "ep_return_mean", "max"), backend="serial") as resumed:
+    with ReptileMetaRL.load(
+        best_checkpoint(results, "ep_return_mean", "max"), backend="serial"
+    ) as resumed:
         assert resumed.num_outer_steps == 3
         assert_same_weights(expected, weights_of(resumed))

@@ -57,7 +57,9 @@ def is_sb3_like(algo: Any) -> bool:
     """An SB3 algorithm class, or a class offering the SB3 methods the trainer calls."""
     if not inspect.isclass(algo):
         return False
-    return issubclass(algo, BaseAlgorithm) or all(callable(getattr(algo, m, None)) for m in SB3_METHODS)
+    return issubclass(algo, BaseAlgorithm) or all(
+        callable(getattr(algo, m, None)) for m in SB3_METHODS
+    )
 
 
 class NonFiniteWeightsError(RuntimeError):
@@ -145,9 +147,7 @@ class BaseMetaAlgorithm(ABC):
         ray_init_kwargs: dict[str, Any] | None = None,
         inner_learner_cls: type[InnerLearner] = InnerLearner,
     ) -> None:
-        self._init_kwargs = {
-            k: v for k, v in locals().items() if k not in ("self", "__class__")
-        }
+        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self._validate_args()
         self.tasks_generator_cls = tasks_generator_cls
         self.tasks_generator_params = dict(tasks_generator_params or {})
@@ -165,7 +165,9 @@ class BaseMetaAlgorithm(ABC):
         self.meta_lr = meta_lr
         self.meta_lr_schedule = normalize_lr_schedule(meta_lr)
         self.is_constant_meta_lr = isinstance(meta_lr, int | float)
-        self.current_meta_lr: float | None = float(meta_lr) if isinstance(meta_lr, int | float) else None
+        self.current_meta_lr: float | None = (
+            float(meta_lr) if isinstance(meta_lr, int | float) else None
+        )
         self._last_optimizer_meta_lr: float | None = self.current_meta_lr
         self.verbose = int(verbose)
         self.device = get_device(device)
@@ -229,9 +231,15 @@ class BaseMetaAlgorithm(ABC):
                 "arguments go in tasks_generator_params."
             )
         if not isinstance(a["rl_algo_kwargs"], dict):
-            raise TypeError("rl_algo_kwargs must be a dict of the SB3 algorithm's keyword arguments.")
-        if a["tasks_generator_params"] is not None and not isinstance(a["tasks_generator_params"], dict):
-            raise TypeError("tasks_generator_params must be a dict of the task generator's keyword arguments.")
+            raise TypeError(
+                "rl_algo_kwargs must be a dict of the SB3 algorithm's keyword arguments."
+            )
+        if a["tasks_generator_params"] is not None and not isinstance(
+            a["tasks_generator_params"], dict
+        ):
+            raise TypeError(
+                "tasks_generator_params must be a dict of the task generator's keyword arguments."
+            )
         normalize_lr_schedule(a["meta_lr"])
 
     # ------------------------------------------------------------------ construction
@@ -243,10 +251,7 @@ class BaseMetaAlgorithm(ABC):
 
     def _generator_params(self) -> dict[str, Any]:
         params = dict(self.tasks_generator_params)
-        if (
-            "generator_seed" not in params
-            and issubclass(self.tasks_generator_cls, TaskGenerator)
-        ):
+        if "generator_seed" not in params and issubclass(self.tasks_generator_cls, TaskGenerator):
             params["generator_seed"] = generator_seed_from_run_seed(self.seed)
         return params
 
@@ -265,10 +270,14 @@ class BaseMetaAlgorithm(ABC):
         self.task_source.reset_history()
         return spec.build_env()
 
-    def instantiate_model(self, env: Any, rl_algo_kwargs: dict[str, Any] | None = None) -> BaseAlgorithm:
+    def instantiate_model(
+        self, env: Any, rl_algo_kwargs: dict[str, Any] | None = None
+    ) -> BaseAlgorithm:
         """An SB3 model on ``env``; the meta model's initial weights come from ``seed``."""
         # SB3 edits policy_kwargs in place: never hand it the user's dict.
-        params = copy.deepcopy(rl_algo_kwargs if rl_algo_kwargs is not None else self.rl_algo_kwargs)
+        params = copy.deepcopy(
+            rl_algo_kwargs if rl_algo_kwargs is not None else self.rl_algo_kwargs
+        )
         policy = params.pop("policy", "MlpPolicy")
         device = params.pop("device", self.device)
         set_random_seed(derive_seed(self.seed, _INIT_STREAM))
@@ -377,7 +386,10 @@ class BaseMetaAlgorithm(ABC):
         else:
             lines.append(f"  gradient updates per task: no exact count ({self.budget_note})")
         params = self.tasks_generator_params
-        if issubclass(self.tasks_generator_cls, TaskGenerator) and params.get("task_callable") is not None:
+        if (
+            issubclass(self.tasks_generator_cls, TaskGenerator)
+            and params.get("task_callable") is not None
+        ):
             lines.append(
                 f"  revisits: ratio {params.get('revisit_ratio', 0.15)}, from meta step "
                 f"{params.get('revisit_start', 1)}, sampling {params.get('sampling_method', 'random')}"
@@ -459,7 +471,9 @@ class BaseMetaAlgorithm(ABC):
         if outer_steps is not None:
             self.outer_steps = _positive_int("outer_steps", outer_steps)
         if task_seed_mode not in TASK_SEED_MODES:
-            raise ValueError(f"task_seed_mode must be one of {TASK_SEED_MODES}, got {task_seed_mode!r}.")
+            raise ValueError(
+                f"task_seed_mode must be one of {TASK_SEED_MODES}, got {task_seed_mode!r}."
+            )
         if save_freq < 0:
             raise ValueError(f"save_freq must be >= 0, got {save_freq}.")
         if (save_freq > 0) and save_path is None:
@@ -483,7 +497,9 @@ class BaseMetaAlgorithm(ABC):
             else:
                 inner_root = os.path.join("inner-logs", run_stem)
         if self.tensorboard_logs is not None:
-            self.meta_logger = configure(os.path.join(self.tensorboard_logs, run_stem), ["tensorboard"])
+            self.meta_logger = configure(
+                os.path.join(self.tensorboard_logs, run_stem), ["tensorboard"]
+            )
 
         bar = None
         if progress_bar:
@@ -533,7 +549,9 @@ class BaseMetaAlgorithm(ABC):
         t_start = time.perf_counter()
         b = self.task_batch_size
         meta_steps = [outer * b + i for i in range(b)]
-        seeds: list[int | None] = list(meta_steps) if self._task_seed_mode == "meta_step" else [None] * b
+        seeds: list[int | None] = (
+            list(meta_steps) if self._task_seed_mode == "meta_step" else [None] * b
+        )
         specs = self.task_source.sample_specs(meta_steps, seeds)
         jobs = [
             TaskJob(
@@ -542,7 +560,9 @@ class BaseMetaAlgorithm(ABC):
                 index=i,
                 tb_log_dir=None
                 if inner_root is None
-                else os.path.join(inner_root, f"inner_outer_{outer + 1}_task_{i + 1}_meta_{spec.meta_step}"),
+                else os.path.join(
+                    inner_root, f"inner_outer_{outer + 1}_task_{i + 1}_meta_{spec.meta_step}"
+                ),
             )
             for i, spec in enumerate(specs)
         ]
@@ -577,11 +597,17 @@ class BaseMetaAlgorithm(ABC):
             "revisits": sum(1 for s in specs if s.revisit),
             "skipped_tasks": stats["skipped"],
             "task_pids": [rec["worker"].get("pid") for rec in res],
-            "tasks_per_node": dict(Counter(rec["worker"].get("node_id", rec["worker"].get("hostname", "?")) for rec in res)),
+            "tasks_per_node": dict(
+                Counter(
+                    rec["worker"].get("node_id", rec["worker"].get("hostname", "?")) for rec in res
+                )
+            ),
             "task_timings": [rec["timings"] for rec in res],
         }
 
-    def _checked_results(self, results: Iterator[AdaptedResult], stats: dict[str, Any]) -> Iterator[AdaptedResult]:
+    def _checked_results(
+        self, results: Iterator[AdaptedResult], stats: dict[str, Any]
+    ) -> Iterator[AdaptedResult]:
         """Yield results in order, timing the driver's waits and refusing non-finite weights."""
         while True:
             t0 = time.perf_counter()
@@ -661,7 +687,9 @@ class BaseMetaAlgorithm(ABC):
         deterministic: bool = False,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """The meta policy's action (SB3 ``predict``)."""
-        return self.meta_algo.predict(observation, state=state, episode_start=episode_start, deterministic=deterministic)
+        return self.meta_algo.predict(
+            observation, state=state, episode_start=episode_start, deterministic=deterministic
+        )
 
     def get_env(self) -> Any:
         """The meta model's env (the first task's)."""
@@ -686,7 +714,9 @@ class BaseMetaAlgorithm(ABC):
         """Write a complete, resumable checkpoint folder at ``path`` (atomically)."""
         return ckpt.write_checkpoint(path, self._write_checkpoint_files)
 
-    def save_checkpoint(self, folder: str, prefix: str = "meta_ckpt", keep_last: int | None = None) -> Path:
+    def save_checkpoint(
+        self, folder: str, prefix: str = "meta_ckpt", keep_last: int | None = None
+    ) -> Path:
         """Save ``{folder}/{prefix}_outer_{N}`` and keep only the newest ``keep_last`` checkpoints."""
         out = self.save(os.path.join(folder, f"{prefix}_outer_{self.num_outer_steps}"))
         ckpt.prune_checkpoints(folder, prefix, keep_last)
@@ -697,8 +727,10 @@ class BaseMetaAlgorithm(ABC):
     def _write_checkpoint_files(self, tmp: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.meta_policy.state_dict().items()},
-                  str(tmp / "meta_policy.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.meta_policy.state_dict().items()},
+            str(tmp / "meta_policy.safetensors"),
+        )
         if self.meta_optimizer is not None:
             th.save(self.meta_optimizer.state_dict(), tmp / "meta_optimizer.pt")
         with open(tmp / "task_source.pkl", "wb") as fh:
@@ -706,7 +738,10 @@ class BaseMetaAlgorithm(ABC):
         try:
             config = cloudpickle.dumps(self._init_kwargs)
         except Exception as exc:  # unpicklable user objects: load() then needs them passed again
-            warnings.warn(f"Trainer arguments could not be pickled ({exc}); pass them to load().", stacklevel=3)
+            warnings.warn(
+                f"Trainer arguments could not be pickled ({exc}); pass them to load().",
+                stacklevel=3,
+            )
         else:
             (tmp / "config.pkl").write_bytes(config)
         state = {
@@ -720,9 +755,13 @@ class BaseMetaAlgorithm(ABC):
             "last_optimizer_meta_lr": self._last_optimizer_meta_lr,
             "config": _json_safe(self._init_kwargs),
             "versions": library_versions(),
-            "step_records": _json_safe([{k: v for k, v in r.items() if k != "task_timings"} for r in self.step_records]),
+            "step_records": _json_safe(
+                [{k: v for k, v in r.items() if k != "task_timings"} for r in self.step_records]
+            ),
         }
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        (tmp / "trainer_state.json").write_text(
+            json.dumps(state, indent=2, sort_keys=True), encoding="utf-8"
+        )
         self.meta_algo.save(tmp / "meta_algo.zip")
 
     @classmethod
@@ -763,7 +802,9 @@ class BaseMetaAlgorithm(ABC):
         opt_path = folder / "meta_optimizer.pt"
         if self.meta_optimizer is not None:
             if not opt_path.exists():
-                raise ckpt.CheckpointError(f"{folder} has no meta-optimizer state but use_meta_optimizer=True.")
+                raise ckpt.CheckpointError(
+                    f"{folder} has no meta-optimizer state but use_meta_optimizer=True."
+                )
             self.meta_optimizer.load_state_dict(th.load(opt_path, weights_only=True))
         with open(folder / "task_source.pkl", "rb") as fh:
             self.task_source.load_state_dict(pickle.load(fh))

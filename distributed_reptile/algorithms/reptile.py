@@ -24,7 +24,9 @@ class ReptileMetaRL(BaseMetaAlgorithm):
 
     def meta_update(self, results: Iterable[AdaptedResult], outer_step: int) -> None:
         meta_lr = self.get_meta_lr(outer_step)
-        params = {n: p for n, p in self.meta_policy.named_parameters() if n not in self.ignored_params}
+        params = {
+            n: p for n, p in self.meta_policy.named_parameters() if n not in self.ignored_params
+        }
         sums = {n: th.zeros_like(p) for n, p in params.items()}
         count = 0
         # The results iterator may run inner loops in this process (serial backend): it must not be

@@ -81,7 +81,9 @@ class TaskGenerator:
             if not tasks:
                 raise ValueError("`tasks` must be a non-empty list of (env, info) pairs.")
             for i, pair in enumerate(tasks):
-                check_task_pair(tuple(pair) if isinstance(pair, list) else pair, where=f"tasks[{i}]")
+                check_task_pair(
+                    tuple(pair) if isinstance(pair, list) else pair, where=f"tasks[{i}]"
+                )
             if sampling_method == "weighted":
                 if sampling_weights is None or len(sampling_weights) != len(tasks):
                     raise ValueError(
@@ -91,7 +93,9 @@ class TaskGenerator:
                     )
         if task_callable is not None:
             if not callable(task_callable):
-                raise TypeError(f"task_callable must be callable, got {type(task_callable).__name__}.")
+                raise TypeError(
+                    f"task_callable must be callable, got {type(task_callable).__name__}."
+                )
             if not accepts_named_arg(task_callable, "random_seed"):
                 raise TypeError(
                     f"task_callable {getattr(task_callable, '__name__', task_callable)!r} must accept a "
@@ -106,7 +110,9 @@ class TaskGenerator:
         self.revisit_ratio = float(revisit_ratio)
         self.revisit_start = int(revisit_start)
         self.sampling_method = sampling_method
-        self.sampling_weights = None if sampling_weights is None else [float(w) for w in sampling_weights]
+        self.sampling_weights = (
+            None if sampling_weights is None else [float(w) for w in sampling_weights]
+        )
         self.generator_seed = generator_seed
         self.revisit_weight_fn = revisit_weight_fn
         self.history = bool(history)
@@ -121,7 +127,9 @@ class TaskGenerator:
         self.selected_tasks = []
         self.revisit_counter = 0
 
-    def get_task(self, meta_step: int, seed: int | None = None) -> tuple[gym.Env, dict[str, Any], int | None]:
+    def get_task(
+        self, meta_step: int, seed: int | None = None
+    ) -> tuple[gym.Env, dict[str, Any], int | None]:
         """Generate or retrieve a task: ``(env, info, origin_meta_step)``."""
         spec = self.sample_spec(meta_step, seed=seed)
         return spec.build_env(), spec.info, spec.origin_meta_step
@@ -130,14 +138,20 @@ class TaskGenerator:
         """Like :meth:`get_task`, but returns a picklable :class:`TaskSpec` instead of an env."""
         if self.tasks is not None:
             env, info = self.tasks[self._static_index(meta_step)]
-            return TaskSpec(meta_step=meta_step, info=dict(info or {}), origin_meta_step=None, env=env)
+            return TaskSpec(
+                meta_step=meta_step, info=dict(info or {}), origin_meta_step=None, env=env
+            )
 
         can_revisit = self.history and meta_step >= self.revisit_start and bool(self.selected_tasks)
         if can_revisit and self._rng.random() < self.revisit_ratio:
             record = self.selected_tasks[self._revisit_index()]
             record["meta_steps"].append(meta_step)
             return self._callable_spec(
-                meta_step, record["seed"], record["task_info"], record["first_meta_step"], revisit=True
+                meta_step,
+                record["seed"],
+                record["task_info"],
+                record["first_meta_step"],
+                revisit=True,
             )
 
         if seed is None:
@@ -145,7 +159,12 @@ class TaskGenerator:
         info = self._task_info(seed)
         if self.history:
             self.selected_tasks.append(
-                {"seed": seed, "first_meta_step": meta_step, "meta_steps": [meta_step], "task_info": info}
+                {
+                    "seed": seed,
+                    "first_meta_step": meta_step,
+                    "meta_steps": [meta_step],
+                    "task_info": info,
+                }
             )
         return self._callable_spec(meta_step, seed, info, meta_step, revisit=False)
 
@@ -188,9 +207,13 @@ class TaskGenerator:
             )
         weights = np.asarray(list(self.revisit_weight_fn(self.selected_tasks)), dtype=float)
         if weights.shape != (n,):
-            raise ValueError(f"revisit_weight_fn must return one weight per task: got {weights.size} for {n} tasks.")
+            raise ValueError(
+                f"revisit_weight_fn must return one weight per task: got {weights.size} for {n} tasks."
+            )
         if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
-            raise ValueError("revisit_weight_fn must return finite, non-negative weights with a positive sum.")
+            raise ValueError(
+                "revisit_weight_fn must return finite, non-negative weights with a positive sum."
+            )
         return int(self._rng.choice(n, p=weights / weights.sum()))
 
     def _task_info(self, seed: int) -> dict[str, Any]:

@@ -75,7 +75,9 @@ class TaskSource:
         if hasattr(self.generator, "sample_spec"):
             spec = self.generator.sample_spec(meta_step, seed=seed)
             if not isinstance(spec, TaskSpec):
-                raise TypeError(f"{type(self.generator).__name__}.sample_spec must return a TaskSpec.")
+                raise TypeError(
+                    f"{type(self.generator).__name__}.sample_spec must return a TaskSpec."
+                )
         else:
             out = (
                 self.generator.get_task(meta_step)

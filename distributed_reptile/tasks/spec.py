@@ -39,7 +39,9 @@ class TaskSpec:
         if self.env is not None:
             return self.env
         if self.task_callable is None:
-            raise ValueError(f"TaskSpec for meta step {self.meta_step} has neither an env nor a task_callable.")
+            raise ValueError(
+                f"TaskSpec for meta step {self.meta_step} has neither an env nor a task_callable."
+            )
         out = self.task_callable(random_seed=self.random_seed, **self.task_callable_params)
         env, _ = check_task_pair(out, where="task_callable")
         return env
@@ -68,7 +70,9 @@ def check_task_pair(out: Any, where: str) -> tuple[Any, dict[str, Any]]:
     if info is None:
         info = {}
     if not isinstance(info, dict):
-        raise TypeError(f"{where} must return (env, info) with info a dict, got {type(info).__name__}.")
+        raise TypeError(
+            f"{where} must return (env, info) with info a dict, got {type(info).__name__}."
+        )
     return env, info
 
 
@@ -87,7 +91,9 @@ def check_task_triple(out: Any, where: str) -> tuple[Any, dict[str, Any], int | 
     if not isinstance(info, dict):
         raise TypeError(f"{where} must return info as a dict, got {type(info).__name__}.")
     if origin is not None and not isinstance(origin, int):
-        raise TypeError(f"{where} must return origin_meta_step as an int or None, got {type(origin).__name__}.")
+        raise TypeError(
+            f"{where} must return origin_meta_step as an int or None, got {type(origin).__name__}."
+        )
     return env, info, origin
 
 

@@ -1,0 +1,309 @@
+"""A real two-node Ray cluster on one machine, inside a network namespace that has only ``lo``.
+
+:class:`NamespaceCluster` creates the namespace (``unshare -n``, held open by one ``sleep``
+process), starts a Ray head and a second node in it with ``ray start --block`` (run through
+``nsenter``), submits jobs with ``ray job submit``, can kill the second node, and tears everything
+down by the processes it started: the process tree of each ``ray start --block`` (a node's
+raylet, GCS, dashboard, agents and workers are its descendants), then anything else still in the
+namespace (found by the namespace's inode in ``/proc/<pid>/ns/net``). The namespace goes away
+with its last process.
+
+Nothing in the namespace can reach the host's interfaces and nothing outside can reach it, so
+Ray's ports, dashboard and Jobs API are visible only to processes started in it. Token
+authentication is on anyway, with a fresh token per cluster given as ``RAY_AUTH_MODE=token`` and
+``RAY_AUTH_TOKEN`` to every process started in the namespace: the same setup as a real cluster,
+and independent of the host user's ``~/.ray/auth_token``.
+
+Used by ``tests/test_multinode.py`` and ``scripts/multinode_demo.py``; needs root and ``unshare``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+#: The interpreter's bin folder (a virtualenv's): ``ray`` and ``distributed-reptile`` come from it.
+VENV_BIN = Path(sys.executable).parent
+DASHBOARD = "http://127.0.0.1:8265"
+#: Node failure is detected in about 3 s instead of about a minute (set on the head).
+FAST_HEALTH_CHECK = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+def namespace_support() -> str | None:
+    """``None`` when network namespaces can be made here, else the reason they cannot."""
+    for tool in ("unshare", "nsenter", "ip"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (util-linux / iproute2)"
+    if not (VENV_BIN / "ray").exists():
+        return f"no `ray` executable next to {sys.executable}"
+    try:
+        probe = subprocess.run(
+            ["unshare", "-n", "sh", "-c", "ip link set lo up"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`unshare -n` failed: {exc}"
+    if probe.returncode != 0:
+        return f"`unshare -n` failed (needs root or CAP_SYS_ADMIN): {probe.stderr.strip()}"
+    return None
+
+
+def net_ns_inode(pid: int) -> int | None:
+    """The inode of ``pid``'s network namespace (``None`` if the process is gone)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def pids_in_net_ns(inode: int) -> list[int]:
+    """Every process whose network namespace is ``inode``."""
+    return [p for p in psutil.pids() if net_ns_inode(p) == inode]
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
+    """Send ``sig`` to ``pid`` and all its descendants (children first collected, then signalled).
+
+    :return: the pids signalled.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return [p.pid for p in procs]
+
+
+class NamespaceCluster:
+    """A Ray head and a second node, both on 127.0.0.1 in a private network namespace.
+
+    :param workdir: folder for logs (short path: Ray's socket paths must stay under 107 bytes).
+    :param head_cpus: logical CPUs of the head node.
+    :param worker_cpus: logical CPUs of the second node.
+    :param port: the head's GCS port.
+    :param head_env: extra environment of the head (e.g. :data:`FAST_HEALTH_CHECK`).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        head_cpus: int = 1,
+        worker_cpus: int = 1,
+        port: int = 6390,
+        head_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.temp_dir = self.workdir / "ray"
+        self.head_cpus = head_cpus
+        self.worker_cpus = worker_cpus
+        self.port = port
+        self.head_env = dict(head_env or {})
+        self.token = secrets.token_hex(32)
+        self.holder: subprocess.Popen[str] | None = None
+        self.head: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.inode: int | None = None
+        self._logs: list[Any] = []
+
+    # ------------------------------------------------------------------ environment
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment of every process started in the namespace."""
+        env = dict(os.environ)
+        # a cluster, not a single-machine instance: the nodes must accept each other
+        env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        env.pop("RAY_ADDRESS", None)
+        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN"] = self.token
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    def _nsenter(self, cmd: Sequence[str]) -> list[str]:
+        assert self.holder is not None, "start() the namespace first"
+        return ["nsenter", "-t", str(self.holder.pid), "-n", "--", *cmd]
+
+    def popen(self, cmd: Sequence[str], log_name: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in the namespace, its output going to ``<workdir>/<log_name>.log``."""
+        log = open(self.workdir / f"{log_name}.log", "ab")
+        self._logs.append(log)
+        return subprocess.Popen(
+            self._nsenter(cmd), stdout=log, stderr=subprocess.STDOUT, env=self.env(extra_env),
+            cwd=self.workdir,
+        )
+
+    def run(self, cmd: Sequence[str], timeout: float = 120, cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` in the namespace and wait for it."""
+        return subprocess.run(
+            self._nsenter(cmd), capture_output=True, text=True, timeout=timeout, env=self.env(),
+            cwd=cwd or self.workdir,
+        )
+
+    def ray(self, *args: str) -> list[str]:
+        """``ray ARGS`` with the interpreter's own ``ray`` executable."""
+        return [str(VENV_BIN / "ray"), *args]
+
+    # ------------------------------------------------------------------ lifetime
+    def start(self, timeout: float = 120) -> NamespaceCluster:
+        """Create the namespace, start the head, then the second node; wait until both are up."""
+        self.holder = subprocess.Popen(
+            ["unshare", "-n", "sh", "-c", "ip link set lo up && echo up && exec sleep 100000"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline().strip() != "up":
+            raise RuntimeError("could not bring up lo in the new network namespace")
+        self.inode = net_ns_inode(self.holder.pid)
+        if self.inode == net_ns_inode(os.getpid()):
+            raise RuntimeError("unshare -n did not create a new network namespace")
+        self.head = self.popen(
+            self.ray(
+                "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                "--port", str(self.port), "--num-cpus", str(self.head_cpus),
+                "--resources", '{"head_slot": 1}', "--include-dashboard", "true",
+                "--dashboard-host", "127.0.0.1", "--temp-dir", str(self.temp_dir),
+                "--disable-usage-stats",
+            ),
+            "head",
+            self.head_env,
+        )
+        self._wait(lambda: self.run(self.ray("job", "list", "--address", DASHBOARD), timeout=60).returncode == 0,
+                   timeout, "the head's Jobs API to answer", self.head)
+        self.worker = self.popen(
+            self.ray(
+                "start", "--block", "--address", f"127.0.0.1:{self.port}",
+                "--num-cpus", str(self.worker_cpus), "--resources", '{"second_node": 1}',
+                "--disable-usage-stats",
+            ),
+            "worker",
+        )
+        self._wait(lambda: len(self.alive_nodes()) == 2, timeout, "the second node to join", self.worker)
+        return self
+
+    def _wait(self, check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{what}: the process exited with {proc.returncode}; see {self.workdir}")
+            try:
+                if check():
+                    return
+            except (subprocess.TimeoutExpired, ValueError):
+                pass
+            time.sleep(1.0)
+        raise TimeoutError(f"timed out waiting for {what}; logs in {self.workdir}")
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Ray's node table (``ray list nodes``): node_id, state, is_head_node, resources_total..."""
+        out = self.run(self.ray("list", "nodes", "--address", DASHBOARD, "--format", "json", "--detail"), timeout=60)
+        if out.returncode != 0:
+            raise ValueError(out.stderr)
+        return list(json.loads(out.stdout))
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self.nodes() if n["state"] == "ALIVE"]
+
+    def node_ids(self) -> dict[str, str]:
+        """``{"head": id, "second": id}`` from the custom resource each node was started with."""
+        ids = {}
+        for node in self.nodes():
+            resources = node.get("resources_total", {})
+            if "head_slot" in resources:
+                ids["head"] = node["node_id"]
+            elif "second_node" in resources:
+                ids["second"] = node["node_id"]
+        return ids
+
+    def submit(
+        self,
+        entrypoint: Sequence[str],
+        working_dir: str | os.PathLike[str],
+        submission_id: str,
+        runtime_env: Mapping[str, Any] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """``ray job submit`` (it follows the job's logs and exits 1 if the job fails)."""
+        cmd = self.ray("job", "submit", "--address", DASHBOARD, "--submission-id", submission_id,
+                       "--working-dir", str(working_dir))
+        if runtime_env:
+            cmd += ["--runtime-env-json", json.dumps(dict(runtime_env))]
+        return self.popen([*cmd, "--", *entrypoint], f"job_{submission_id}")
+
+    def job_status(self, submission_id: str) -> str:
+        out = self.run(self.ray("job", "status", submission_id, "--address", DASHBOARD), timeout=60)
+        for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+            if status in out.stdout:
+                return status
+        return "UNKNOWN"
+
+    def job_log(self, submission_id: str) -> str:
+        path = self.workdir / f"job_{submission_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill_second_node(self) -> list[int]:
+        """Kill the second node's processes (raylet, agents, workers) at once, as a crash would."""
+        assert self.worker is not None
+        return kill_tree(self.worker.pid)
+
+    def namespace_pids(self) -> list[int]:
+        """The processes still in the namespace."""
+        return pids_in_net_ns(self.inode) if self.inode is not None else []
+
+    def teardown(self) -> list[int]:
+        """Kill every process this cluster started; return those still alive afterwards (none)."""
+        for proc in (self.worker, self.head):
+            if proc is not None:
+                kill_tree(proc.pid)
+        # anything left in the namespace was started in it by us (job drivers, reparented helpers)
+        for _ in range(3):
+            left = [p for p in self.namespace_pids() if self.holder is None or p != self.holder.pid]
+            if not left:
+                break
+            for pid in left:
+                kill_tree(pid)
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait(timeout=30)
+        for proc in (self.worker, self.head):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+        for log in self._logs:
+            log.close()
+        return self.namespace_pids()
+
+    def __enter__(self) -> NamespaceCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.teardown()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.teardown()
