@@ -14,6 +14,11 @@ authentication is on anyway, with a fresh token per cluster given as ``RAY_AUTH_
 ``RAY_AUTH_TOKEN`` to every process started in the namespace: the same setup as a real cluster,
 and independent of the host user's ``~/.ray/auth_token``.
 
+The head and the second node can also be started one after the other
+(:meth:`NamespaceCluster.start_head`, :meth:`NamespaceCluster.start_second_node`), with
+:meth:`NamespaceCluster.hold_head_cpus` taking head CPUs meanwhile: that is how the node-loss
+test keeps the run's task-source actor, which Ray places on a random node, on the head.
+
 Used by ``tests/test_multinode.py`` and ``scripts/multinode_demo.py``; needs root and ``unshare``.
 """
 
@@ -76,6 +81,15 @@ def net_ns_inode(pid: int) -> int | None:
 def pids_in_net_ns(inode: int) -> list[int]:
     """Every process whose network namespace is ``inode``."""
     return [p for p in psutil.pids() if net_ns_inode(p) == inode]
+
+
+def parse_state_list(out: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """The rows printed by ``ray list ... --format json`` (none: Ray prints a sentence instead)."""
+    if out.returncode != 0:
+        raise ValueError(out.stderr)
+    if "No resource in the cluster" in out.stdout + out.stderr:
+        return []
+    return list(json.loads(out.stdout))
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
@@ -148,19 +162,30 @@ class NamespaceCluster:
         assert self.holder is not None, "start() the namespace first"
         return ["nsenter", "-t", str(self.holder.pid), "-n", "--", *cmd]
 
-    def popen(self, cmd: Sequence[str], log_name: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def popen(
+        self, cmd: Sequence[str], log_name: str, extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``cmd`` in the namespace, its output going to ``<workdir>/<log_name>.log``."""
         log = open(self.workdir / f"{log_name}.log", "ab")
         self._logs.append(log)
         return subprocess.Popen(
-            self._nsenter(cmd), stdout=log, stderr=subprocess.STDOUT, env=self.env(extra_env),
+            self._nsenter(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(extra_env),
             cwd=self.workdir,
         )
 
-    def run(self, cmd: Sequence[str], timeout: float = 120, cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, cmd: Sequence[str], timeout: float = 120, cwd: str | os.PathLike[str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` in the namespace and wait for it."""
         return subprocess.run(
-            self._nsenter(cmd), capture_output=True, text=True, timeout=timeout, env=self.env(),
+            self._nsenter(cmd),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
             cwd=cwd or self.workdir,
         )
 
@@ -171,9 +196,16 @@ class NamespaceCluster:
     # ------------------------------------------------------------------ lifetime
     def start(self, timeout: float = 120) -> NamespaceCluster:
         """Create the namespace, start the head, then the second node; wait until both are up."""
+        self.start_head(timeout)
+        self.start_second_node(timeout)
+        return self
+
+    def start_head(self, timeout: float = 120) -> None:
+        """Create the namespace and start the head; wait until its Jobs API answers."""
         self.holder = subprocess.Popen(
             ["unshare", "-n", "sh", "-c", "ip link set lo up && echo up && exec sleep 100000"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.holder.stdout is not None
         if self.holder.stdout.readline().strip() != "up":
@@ -191,25 +223,64 @@ class NamespaceCluster:
             ),
             "head",
             self.head_env,
+        )  # fmt: skip
+        self._wait(
+            lambda: (
+                self.run(self.ray("job", "list", "--address", DASHBOARD), timeout=60).returncode
+                == 0
+            ),
+            timeout,
+            "the head's Jobs API to answer",
+            self.head,
         )
-        self._wait(lambda: self.run(self.ray("job", "list", "--address", DASHBOARD), timeout=60).returncode == 0,
-                   timeout, "the head's Jobs API to answer", self.head)
+
+    def start_second_node(self, timeout: float = 120) -> None:
+        """Start the second node and wait until the head counts it alive."""
         self.worker = self.popen(
             self.ray(
                 "start", "--block", "--address", f"127.0.0.1:{self.port}",
                 "--num-cpus", str(self.worker_cpus), "--resources", '{"second_node": 1}',
-                "--disable-usage-stats",
+                # its own temp dir: with the head's, its runtime-env agent would manage the same
+                # runtime_resources folder and remove the job's working dir under the driver
+                "--temp-dir", str(self.workdir / "ray2"), "--disable-usage-stats",
             ),
             "worker",
+        )  # fmt: skip
+        self._wait(
+            lambda: len(self.alive_nodes()) == 2, timeout, "the second node to join", self.worker
         )
-        self._wait(lambda: len(self.alive_nodes()) == 2, timeout, "the second node to join", self.worker)
-        return self
 
-    def _wait(self, check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None) -> None:
+    def hold_head_cpus(self, num_cpus: float) -> int:
+        """Take ``num_cpus`` of the head's CPUs with an idle detached actor; return its pid.
+
+        Killing that pid (``os.kill``) gives them back: the actor is not restarted.
+        """
+        code = (
+            "import os, ray\n"
+            f"ray.init(address='127.0.0.1:{self.port}', logging_level='ERROR')\n"
+            "@ray.remote\n"
+            "class CpuHolder:\n"
+            "    def pid(self):\n"
+            "        return os.getpid()\n"
+            f"h = CpuHolder.options(num_cpus={num_cpus}, resources={{'head_slot': 0.01}},\n"
+            "    name='cpu_holder', lifetime='detached', max_restarts=0).remote()\n"
+            "print('PID', ray.get(h.pid.remote()))\n"
+        )
+        out = self.run([sys.executable, "-c", code], timeout=120)
+        pids = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("PID ")]
+        if out.returncode != 0 or not pids:
+            raise RuntimeError(f"could not start the CPU holder: {out.stderr[-2000:]}")
+        return int(pids[0])
+
+    def _wait(
+        self, check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{what}: the process exited with {proc.returncode}; see {self.workdir}")
+                raise RuntimeError(
+                    f"{what}: the process exited with {proc.returncode}; see {self.workdir}"
+                )
             try:
                 if check():
                     return
@@ -220,10 +291,11 @@ class NamespaceCluster:
 
     def nodes(self) -> list[dict[str, Any]]:
         """Ray's node table (``ray list nodes``): node_id, state, is_head_node, resources_total..."""
-        out = self.run(self.ray("list", "nodes", "--address", DASHBOARD, "--format", "json", "--detail"), timeout=60)
-        if out.returncode != 0:
-            raise ValueError(out.stderr)
-        return list(json.loads(out.stdout))
+        out = self.run(
+            self.ray("list", "nodes", "--address", DASHBOARD, "--format", "json", "--detail"),
+            timeout=60,
+        )
+        return parse_state_list(out)
 
     def alive_nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.nodes() if n["state"] == "ALIVE"]
@@ -247,18 +319,62 @@ class NamespaceCluster:
         runtime_env: Mapping[str, Any] | None = None,
     ) -> subprocess.Popen[bytes]:
         """``ray job submit`` (it follows the job's logs and exits 1 if the job fails)."""
-        cmd = self.ray("job", "submit", "--address", DASHBOARD, "--submission-id", submission_id,
-                       "--working-dir", str(working_dir))
+        cmd = self.ray(
+            "job",
+            "submit",
+            "--address",
+            DASHBOARD,
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            str(working_dir),
+        )
         if runtime_env:
             cmd += ["--runtime-env-json", json.dumps(dict(runtime_env))]
         return self.popen([*cmd, "--", *entrypoint], f"job_{submission_id}")
 
     def job_status(self, submission_id: str) -> str:
-        out = self.run(self.ray("job", "status", submission_id, "--address", DASHBOARD), timeout=60)
-        for status in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-            if status in out.stdout:
-                return status
-        return "UNKNOWN"
+        """The job's status (``SUCCEEDED``, ``FAILED``, ``RUNNING``...) from ``ray list jobs``."""
+        return str(self.job(submission_id).get("status", "UNKNOWN"))
+
+    def job(self, submission_id: str) -> dict[str, Any]:
+        """The job's entry in ``ray list jobs`` (status, driver_node_id...); empty if unknown."""
+        out = self.run(
+            self.ray("list", "jobs", "--address", DASHBOARD, "--format", "json"), timeout=60
+        )
+        try:
+            rows = parse_state_list(out)
+        except ValueError:
+            return {}
+        jobs = [j for j in rows if j.get("submission_id") == submission_id]
+        return dict(jobs[0]) if jobs else {}
+
+    def alive_actors(self, class_name: str) -> list[dict[str, Any]]:
+        """The alive actors of ``class_name`` (``ray list actors``: node_id, name, job_id...)."""
+        out = self.run(
+            self.ray(
+                "list", "actors", "--address", DASHBOARD, "--format", "json",
+                "--filter", f"class_name={class_name}", "--filter", "state=ALIVE",
+            ),
+            timeout=60,
+        )  # fmt: skip
+        return parse_state_list(out)
+
+    def wait_for_actor(
+        self, class_name: str, submit: subprocess.Popen[bytes], timeout: float = 180
+    ) -> str:
+        """Wait until an actor of ``class_name`` is alive; return its node id.
+
+        :param submit: the job's ``ray job submit`` process (its end stops the wait).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            actors = self.alive_actors(class_name)
+            if actors:
+                return str(actors[0]["node_id"])
+            if submit.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no {class_name} actor came up; see {self.workdir}")
+            time.sleep(0.5)
 
     def job_log(self, submission_id: str) -> str:
         path = self.workdir / f"job_{submission_id}.log"

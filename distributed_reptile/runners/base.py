@@ -11,6 +11,9 @@ from distributed_reptile.weights import NumpyWeights
 
 LearnerFactory = Callable[[], InnerLearner]
 
+#: Errors that mean bad input (wrong spaces, wrong types): rerunning the task cannot fix them.
+NOT_RETRIED: tuple[type[BaseException], ...] = (ValueError, TypeError)
+
 
 class TaskSourceHandle(Protocol):
     """The trainer's view of the task source, local or a Ray actor."""
@@ -39,14 +42,33 @@ class Runner(Protocol):
 
 
 class TaskFailedError(RuntimeError):
-    """An inner loop failed; the message names the task and the original error."""
+    """An inner loop failed (after its retries); the message names the task and the original error.
 
-    def __init__(self, job: TaskJob, cause: BaseException, worker: str = "") -> None:
+    :param job: the task that failed.
+    :param cause: the original exception (the last attempt's).
+    :param worker: where it ran, for the message.
+    :param attempts: how many times the task was run.
+    """
+
+    def __init__(
+        self, job: TaskJob, cause: BaseException, worker: str = "", attempts: int = 1
+    ) -> None:
         spec = job.spec.describe()
         where = f" on {worker}" if worker else ""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
         super().__init__(
             f"Inner loop of task meta_step={spec['meta_step']} (random_seed={spec['random_seed']}, "
-            f"info={spec['info']}){where} failed: {type(cause).__name__}: {cause}"
+            f"info={spec['info']}){where} failed{tries}: {type(cause).__name__}: {cause}"
         )
         self.job = job
         self.cause = cause
+        self.attempts = attempts
+
+
+def check_task_retries(task_retries: int) -> int:
+    """``task_retries`` as an int >= 0, or a ValueError that names the fix."""
+    if isinstance(task_retries, bool) or not isinstance(task_retries, int) or task_retries < 0:
+        raise ValueError(
+            f"task_retries must be an integer >= 0 (0: no retry), got {task_retries!r}."
+        )
+    return task_retries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import deque
@@ -9,13 +10,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
-from distributed_reptile.runners.base import LearnerFactory, TaskFailedError
+from distributed_reptile.runners.base import (
+    NOT_RETRIED,
+    LearnerFactory,
+    TaskFailedError,
+    check_task_retries,
+)
 from distributed_reptile.tasks.source import TaskSource
 from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import NumpyWeights
+
+logger = logging.getLogger(__name__)
+
+#: How long the end of a batch waits for a restarted or new worker to say who it is.
+_INFO_TIMEOUT_S = 30.0
 
 
 class LearnerActor:
@@ -43,7 +54,12 @@ class LearnerActor:
         t0 = time.perf_counter()
         weights = ray.get(boxed_weights[0])
         fetch = time.perf_counter() - t0
-        result = self.learner.run(job, weights)
+        try:
+            result = self.learner.run(job, weights)
+        except BaseException:
+            # The reused model may hold whatever state the failure left: a rerun rebuilds it.
+            self.learner.model = None
+            raise
         result.timings["weight_fetch"] = fetch
         return result
 
@@ -74,13 +90,14 @@ class RemoteTaskSource:
         ray.kill(self.actor, no_restart=True)
 
 
-def make_remote_task_source(generator_cls: type, generator_params: dict[str, Any]) -> RemoteTaskSource:
+def make_remote_task_source(
+    generator_cls: type, generator_params: dict[str, Any]
+) -> RemoteTaskSource:
     """Start the named task-source actor that owns sampling and the revisit history."""
     name = f"distributed_reptile_task_source_{uuid.uuid4().hex[:12]}"
-    actor = (
-        ray.remote(TaskSource)
-        .options(name=name, num_cpus=0, max_restarts=0)
-        .remote(generator_cls, generator_params, True)
+    remote_cls: Any = ray.remote(TaskSource)
+    actor = remote_cls.options(name=name, num_cpus=0, max_restarts=0).remote(
+        generator_cls, generator_params, True
     )
     source = RemoteTaskSource(actor, name)
     _unwrap(lambda: ray.get(actor.ping.remote()))
@@ -94,23 +111,50 @@ def _unwrap(call: Any) -> Any:
     except RayTaskError as err:
         cause = err.cause
         if isinstance(cause, ValueError | TypeError | KeyError):
-            raise type(cause)(*cause.args) from err
+            raise _same_error(cause, err) from err
         raise
 
 
+def _same_error(cause: BaseException, err: BaseException) -> BaseException:
+    """A copy of ``cause`` raised in the driver (its class may not rebuild from ``args``)."""
+    try:
+        return type(cause)(*cause.args)
+    except Exception:
+        return RuntimeError(f"{type(cause).__name__}: {cause}")
+
+
 class RayRunner:
-    """Runs inner loops on ``num_workers`` long-lived Ray actors.
+    """Runs inner loops on ``num_workers`` long-lived Ray actors, and survives their failures.
 
     Meta weights go into the object store once per outer step; each actor reads them zero-copy.
     Results are collected as they arrive (``ray.wait``) and handed over in task order, holding at
-    most ``window`` results at once, so the fold into the meta weights does not depend on scheduling.
+    most ``window`` results at once, so the fold into the meta weights does not depend on
+    scheduling.
+
+    Faults, each rerunning the same job (same spec, same task seed, from a fresh start), so a run
+    that recovers ends with the meta weights of an undisturbed run, bit for bit:
+
+    * a worker process that dies mid-task is restarted by Ray and its tasks rerun
+      (``max_restarts`` / ``max_task_retries``); once Ray gives up, the worker is replaced by a
+      new actor and the task counts as one failed attempt;
+    * a task that raises is submitted again, up to ``task_retries`` times, then the run fails with
+      :class:`TaskFailedError` naming the task and the original error (``ValueError`` and
+      ``TypeError`` mean bad input and are raised at once);
+    * a task that gives no result within ``task_timeout_s`` (counted from when its worker could
+      start it) has its worker killed and replaced; it counts as one failed attempt, and the
+      tasks queued behind it run again on the new worker without counting.
 
     :param learner_factory: builds the InnerLearner inside each actor.
     :param num_workers: number of actors.
     :param worker_resources: Ray resources of each actor (default ``{"num_cpus": 1}``).
-    :param max_restarts: restarts of a dead actor (its tasks are retried, see ``max_task_retries``).
-    :param max_task_retries: retries of a task whose actor died.
+    :param max_restarts: restarts of a dead actor by Ray (its tasks are retried, see
+        ``max_task_retries``).
+    :param max_task_retries: Ray's retries of a task whose actor died.
     :param pipeline_depth: tasks queued per actor at once (2 overlaps transfer with compute).
+    :param task_retries: reruns of a task that failed (raised, lost its worker for good, or timed
+        out) before the run fails.
+    :param task_timeout_s: time limit of one task in seconds (``None``: no limit). Set it well above
+        a task's normal duration: a task that hits it is rerun on a new worker.
     """
 
     def __init__(
@@ -121,19 +165,44 @@ class RayRunner:
         max_restarts: int = 3,
         max_task_retries: int = 3,
         pipeline_depth: int = 2,
+        task_retries: int = 2,
+        task_timeout_s: float | None = None,
     ) -> None:
         self.num_workers = int(num_workers)
         self.pipeline_depth = max(1, int(pipeline_depth))
+        self.task_retries = check_task_retries(task_retries)
+        if task_timeout_s is not None and (
+            isinstance(task_timeout_s, bool)
+            or not isinstance(task_timeout_s, int | float)
+            or task_timeout_s <= 0
+        ):
+            raise ValueError(
+                "task_timeout_s must be a positive number of seconds, or None for no limit; "
+                f"got {task_timeout_s!r}."
+            )
+        self.task_timeout_s = None if task_timeout_s is None else float(task_timeout_s)
         resources = dict(worker_resources or {})
         resources.setdefault("num_cpus", 1)
         self.actor_options = _actor_options(resources)
-        self.actor_options.update({"max_restarts": max_restarts, "max_task_retries": max_task_retries})
+        self.actor_options.update(
+            {"max_restarts": max_restarts, "max_task_retries": max_task_retries}
+        )
         self._actor_cls = ray.remote(LearnerActor)
         self._learner_factory = learner_factory
-        self.actors = [self._actor_cls.options(**self.actor_options).remote(learner_factory)
-                       for _ in range(self.num_workers)]
+        #: One record per rerun or worker change: ``kind`` (``"error"``, ``"timeout"``,
+        #: ``"worker_lost"``, ``"result_lost"``, ``"worker_restarted"``), ``meta_step``, ``index``,
+        #: ``attempt``, ``worker`` and ``reason``.
+        self.retry_events: list[dict[str, Any]] = []
+        #: Workers replaced by a new actor (after Ray gave up on one, or after a timeout).
+        self.replacements = 0
+        # ready() of a replacement actor, pending until it answers (its worker_info then updates).
+        self._starting: dict[int, tuple[ray.ObjectRef, float]] = {}
+        self._stale: set[int] = set()
+        self.actors = [self._new_actor() for _ in range(self.num_workers)]
         try:
-            self.worker_info = ray.get([a.ready.remote() for a in self.actors])
+            self.worker_info: list[dict[str, Any]] = ray.get(
+                [a.ready.remote() for a in self.actors]
+            )
         except RayActorError as err:
             self.close()
             raise RuntimeError(
@@ -143,67 +212,300 @@ class RayRunner:
                 f"Ray said: {err}"
             ) from err
 
+    def _new_actor(self) -> Any:
+        return self._actor_cls.options(**self.actor_options).remote(self._learner_factory)
+
     def execute(self, method: str, *args: Any) -> list[Any]:
         """Call ``method`` on every actor and wait for all answers."""
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
     def run_batch(self, jobs: list[TaskJob], meta_weights: NumpyWeights) -> Iterator[AdaptedResult]:
         weights_ref = ray.put(meta_weights)
-        pending = deque(sorted(jobs, key=lambda j: j.index))
-        window = self.num_workers * self.pipeline_depth + self.num_workers
-        load = [0] * self.num_workers
-        inflight: dict[ray.ObjectRef, tuple[int, TaskJob]] = {}
-        done: dict[int, AdaptedResult] = {}
-        order = [j.index for j in pending]
-        job_submit_times: dict[int, float] = {}
-        cursor = 0
+        batch = _Batch(self, jobs, [weights_ref])
         try:
-            while cursor < len(order):
-                while pending and len(done) + len(inflight) < window:
-                    actor_idx = min(range(self.num_workers), key=load.__getitem__)
-                    if load[actor_idx] >= self.pipeline_depth:
-                        break
-                    job = pending.popleft()
-                    submitted_at = time.perf_counter()
-                    ref = self.actors[actor_idx].run.remote(job, [weights_ref])
-                    inflight[ref] = (actor_idx, job)
-                    load[actor_idx] += 1
-                    job_submit_times[job.index] = submitted_at
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                for ref in ready:
-                    actor_idx, job = inflight.pop(ref)
-                    load[actor_idx] -= 1
-                    result = self._get(ref, job, actor_idx)
-                    result.timings["round_trip"] = time.perf_counter() - job_submit_times.pop(job.index)
-                    done[job.index] = result
-                while cursor < len(order) and order[cursor] in done:
-                    yield done.pop(order[cursor])
-                    cursor += 1
+            while batch.cursor < len(batch.order):
+                batch.submit()
+                batch.wait_and_collect()
+                while batch.cursor < len(batch.order) and batch.order[batch.cursor] in batch.done:
+                    result = batch.done.pop(batch.order[batch.cursor])
+                    batch.cursor += 1
+                    yield result
+            self._refresh_worker_info()
         finally:
-            if inflight:
-                ray.wait(list(inflight), num_returns=len(inflight))
-            del weights_ref
+            batch.drain()
+            del batch, weights_ref
 
-    def _get(self, ref: ray.ObjectRef, job: TaskJob, actor_idx: int) -> AdaptedResult:
+    def replace_actor(self, idx: int) -> None:
+        """Kill worker ``idx`` for good and start a new actor in its place."""
         try:
-            return ray.get(ref)
-        except RayTaskError as err:
-            cause = err.cause
-            if isinstance(cause, ValueError | TypeError):
-                raise type(cause)(*cause.args) from err
-            raise TaskFailedError(job, cause if cause is not None else err, worker=f"Ray worker {actor_idx}") from err
-        except RayActorError as err:
-            raise TaskFailedError(job, err, worker=f"Ray worker {actor_idx}") from err
+            ray.kill(self.actors[idx], no_restart=True)
+        except Exception:  # already gone
+            pass
+        self.actors[idx] = self._new_actor()
+        self._starting[idx] = (self.actors[idx].ready.remote(), time.perf_counter())
+        self.replacements += 1
+
+    def _refresh_worker_info(self) -> None:
+        """Update ``worker_info`` of workers that restarted or were replaced.
+
+        Called at the end of a batch, when the workers are idle; a worker that has not started
+        yet keeps its old entry until it answers.
+        """
+        for idx in sorted(self._stale):
+            if idx not in self._starting:
+                self._starting[idx] = (self.actors[idx].ready.remote(), time.perf_counter())
+        self._stale.clear()
+        if not self._starting:
+            return
+        refs = {ref: idx for idx, (ref, _) in self._starting.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_INFO_TIMEOUT_S)
+        for ref in ready:
+            self._set_info(refs[ref], ref)
+
+    def _set_info(self, idx: int, ref: ray.ObjectRef) -> None:
+        self._starting.pop(idx, None)
+        try:
+            self.worker_info[idx] = ray.get(ref)
+        except RayError as err:
+            self.worker_info[idx] = {**self.worker_info[idx], "pid": None, "error": str(err)}
+
+    def _record(self, kind: str, job: TaskJob, attempt: int, idx: int, reason: str) -> None:
+        self.retry_events.append(
+            {
+                "kind": kind,
+                "meta_step": job.spec.meta_step,
+                "index": job.index,
+                "attempt": attempt,
+                "worker": idx,
+                "reason": reason,
+            }
+        )
 
     def close(self) -> None:
         for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
         self.actors = []
+        self._starting.clear()
+
+
+class _Batch:
+    """Book-keeping of one ``run_batch`` call: what runs where, since when, how often it failed."""
+
+    def __init__(
+        self, runner: RayRunner, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]
+    ) -> None:
+        self.runner = runner
+        self.boxed = boxed_weights
+        self.pending: list[TaskJob] = sorted(jobs, key=lambda j: j.index)
+        self.order = [j.index for j in self.pending]
+        n = runner.num_workers
+        self.window = n * runner.pipeline_depth + n
+        self.queues: list[deque[ray.ObjectRef]] = [deque() for _ in range(n)]
+        self.head_since = [0.0] * n
+        self.inflight: dict[ray.ObjectRef, tuple[int, TaskJob]] = {}
+        self.failures: dict[int, int] = {}
+        self.submitted_at: dict[int, float] = {}
+        self.done: dict[int, AdaptedResult] = {}
+        self.cursor = 0
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self) -> None:
+        """Hand pending jobs to the least-loaded actors, within the result window.
+
+        The job the cursor waits for always passes the window: it may be a rerun, and the results
+        held in ``done`` behind it cannot be handed over before it.
+        """
+        runner = self.runner
+        while self.pending:
+            job = self.pending[0]
+            full = len(self.done) + len(self.inflight) >= self.window
+            if full and job.index != self.order[self.cursor]:
+                break
+            idx = min(range(runner.num_workers), key=lambda k: len(self.queues[k]))
+            if len(self.queues[idx]) >= runner.pipeline_depth:
+                break
+            self.pending.pop(0)
+            now = time.perf_counter()
+            ref = runner.actors[idx].run.remote(job, self.boxed)
+            if not self.queues[idx]:
+                self.head_since[idx] = now
+            self.queues[idx].append(ref)
+            self.inflight[ref] = (idx, job)
+            self.submitted_at[job.index] = now
+
+    def requeue(self, jobs: list[TaskJob]) -> None:
+        self.pending = sorted(self.pending + jobs, key=lambda j: j.index)
+
+    # ------------------------------------------------------------------ collecting
+    def wait_and_collect(self) -> None:
+        """Wait for one result (or the next deadline) and deal with what came back."""
+        runner = self.runner
+        starting = {ref: idx for idx, (ref, _) in runner._starting.items()}
+        refs = list(self.inflight) + list(starting)
+        if not refs:
+            return
+        ready, _ = ray.wait(refs, num_returns=1, timeout=self._next_deadline())
+        for ref in ready:
+            if ref in starting:
+                idx = starting[ref]
+                runner._set_info(idx, ref)
+                if self.queues[idx]:
+                    self.head_since[idx] = time.perf_counter()
+            else:
+                self._collect(ref)
+        if runner.task_timeout_s is not None:
+            self._enforce_timeouts()
+
+    def _next_deadline(self) -> float | None:
+        limit = self.runner.task_timeout_s
+        if limit is None:
+            return None
+        starts = [t for _, t in self.runner._starting.values()]
+        starts += [
+            self.head_since[i]
+            for i, q in enumerate(self.queues)
+            if q and i not in self.runner._starting
+        ]
+        if not starts:
+            return None
+        return max(0.0, min(starts) + limit - time.perf_counter())
+
+    def _take(self, ref: ray.ObjectRef) -> tuple[int, TaskJob]:
+        idx, job = self.inflight.pop(ref)
+        queue = self.queues[idx]
+        if queue and queue[0] == ref:
+            queue.popleft()
+            self.head_since[idx] = time.perf_counter()
+        else:
+            queue.remove(ref)
+        return idx, job
+
+    def _collect(self, ref: ray.ObjectRef) -> None:
+        runner = self.runner
+        running = self.inflight[self.queues[self.inflight[ref][0]][0]][1]
+        idx, job = self._take(ref)
+        try:
+            result: AdaptedResult = ray.get(ref)
+        except RayTaskError as err:
+            cause = err.cause if err.cause is not None else err
+            if isinstance(cause, NOT_RETRIED):
+                raise _same_error(cause, err) from err
+            self._failed(job, cause, idx, "error")
+        except RayActorError as err:
+            # Ray restarted the worker and reran the task as often as allowed, or the worker is
+            # gone for good: start a new one; the jobs queued on the old one run again. The task
+            # that was running (the oldest on that worker) takes the blame, whichever error
+            # arrived first.
+            if running is not job:
+                self._take(next(r for r in self.queues[idx] if self.inflight[r][1] is running))
+                self.requeue([job])
+            self._clear_worker(idx)
+            self._failed(running, err, idx, "worker_lost")
+        except RayError as err:  # e.g. the result object was lost with its node
+            self._failed(job, err, idx, "result_lost")
+        else:
+            result.timings["round_trip"] = time.perf_counter() - self.submitted_at.pop(job.index)
+            pid = result.worker.get("pid")
+            if (
+                pid is not None
+                and idx not in runner._starting
+                and pid != runner.worker_info[idx].get("pid")
+            ):
+                runner._stale.add(idx)
+                runner._record(
+                    "worker_restarted",
+                    job,
+                    self.failures.get(job.index, 0) + 1,
+                    idx,
+                    f"worker {idx} was restarted by Ray "
+                    f"(pid {runner.worker_info[idx].get('pid')} -> {pid})",
+                )
+                runner.worker_info[idx] = {**runner.worker_info[idx], "pid": pid}
+            self.done[job.index] = result
+
+    def _enforce_timeouts(self) -> None:
+        runner = self.runner
+        limit = runner.task_timeout_s
+        assert limit is not None
+        now = time.perf_counter()
+        for idx in range(runner.num_workers):
+            if idx in runner._starting:
+                ref, since = runner._starting[idx]
+                if now - since < limit:
+                    continue
+                what = f"worker {idx} did not start within task_timeout_s={limit:g} s"
+            elif self.queues[idx] and now - self.head_since[idx] >= limit:
+                what = f"no result within task_timeout_s={limit:g} s"
+            else:
+                continue
+            if not self.queues[idx]:
+                runner.replace_actor(idx)
+                continue
+            # Ray cannot stop a running actor task: kill the worker and start a new one.
+            _, job = self._take(self.queues[idx][0])
+            self._clear_worker(idx)
+            self._failed(job, TimeoutError(what), idx, "timeout")
+
+    def _clear_worker(self, idx: int) -> None:
+        """Replace worker ``idx``; the jobs queued on it go back to ``pending`` (not counted)."""
+        orphans = [self.inflight.pop(ref)[1] for ref in self.queues[idx]]
+        self.queues[idx].clear()
+        self.runner.replace_actor(idx)
+        self.requeue(orphans)
+
+    def _failed(self, job: TaskJob, cause: BaseException, idx: int, kind: str) -> None:
+        """Count a failed attempt of ``job``: run it again, or fail the run when retries are out."""
+        failures = self.failures[job.index] = self.failures.get(job.index, 0) + 1
+        if failures > self.runner.task_retries:
+            raise TaskFailedError(
+                job, cause, worker=f"Ray worker {idx}", attempts=failures
+            ) from cause
+        reason = f"{type(cause).__name__}: {cause}"
+        self.runner._record(kind, job, failures, idx, reason)
+        logger.warning(
+            "Task meta_step=%s (attempt %d) failed on Ray worker %d (%s); running it again.",
+            job.spec.meta_step,
+            failures,
+            idx,
+            reason,
+        )
+        self.requeue([job])
+
+    # ------------------------------------------------------------------ cleaning up
+    def drain(self) -> None:
+        """Leave no task running when the batch ends early (an error, or the consumer stopped).
+
+        Waits for the tasks in flight so the next batch does not queue behind them; with a time
+        limit, workers whose tasks do not finish within it are replaced.
+        """
+        if not self.inflight:
+            return
+        runner = self.runner
+        refs = list(self.inflight)
+        limit = runner.task_timeout_s
+        if limit is None:
+            ray.wait(refs, num_returns=len(refs))
+            self.inflight.clear()
+            return
+        _, late = ray.wait(refs, num_returns=len(refs), timeout=limit * runner.pipeline_depth)
+        for idx in sorted({self.inflight[ref][0] for ref in late}):
+            runner.replace_actor(idx)
+        self.inflight.clear()
 
 
 def _actor_options(resources: dict[str, Any]) -> dict[str, Any]:
     """Split ``worker_resources`` into Ray's actor options (custom keys go to ``resources``)."""
-    known = {"num_cpus", "num_gpus", "memory", "accelerator_type", "runtime_env", "scheduling_strategy"}
+    known = {
+        "num_cpus",
+        "num_gpus",
+        "memory",
+        "accelerator_type",
+        "runtime_env",
+        "scheduling_strategy",
+    }
     options = {k: v for k, v in resources.items() if k in known}
     custom = {k: v for k, v in resources.items() if k not in known and k != "resources"}
     custom.update(resources.get("resources", {}))

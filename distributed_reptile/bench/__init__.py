@@ -1,0 +1,122 @@
+"""Inner-loop throughput benchmarks: ``distributed-reptile bench <name>``.
+
+* ``scaling``: serial and Ray backends against a ``multiprocessing.Pool`` and a plain ``ray.remote``
+  reference, for several worker counts, side by side;
+* ``overhead``: orchestration cost with a no-op learner, and many simulated (sleeping) actors;
+* ``weights``: broadcast, collection and meta-update time, and driver memory, against policy size;
+* ``breakdown``: per-task time components and per-process memory on the Ray backend;
+* ``all``: the four, with their default settings.
+
+Each writes ``<out-dir>/<name>.json`` (machine facts, library versions, settings, figures, targets
+with PASS/MISS) and ``<out-dir>/<name>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from distributed_reptile.bench import breakdown, overhead, scaling, weights
+from distributed_reptile.bench.common import BenchInputError
+
+#: name -> (add_arguments, run, one-line help)
+BENCHMARKS: dict[
+    str,
+    tuple[
+        Callable[[argparse.ArgumentParser], None],
+        Callable[[argparse.Namespace], dict[str, Any]],
+        str,
+    ],
+] = {
+    "scaling": (
+        scaling.add_arguments,
+        scaling.run,
+        "seconds per outer step: serial, Ray, Pool and ray.remote references, per worker count",
+    ),
+    "overhead": (
+        overhead.add_arguments,
+        overhead.run,
+        "orchestration cost: no-op learner, and many sleeping actors",
+    ),
+    "weights": (
+        weights.add_arguments,
+        weights.run,
+        "weight broadcast, collection, meta-update and driver memory against policy size",
+    ),
+    "breakdown": (
+        breakdown.add_arguments,
+        breakdown.run,
+        "per-task time components and per-process memory on the Ray backend",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bench`` command line: one sub-command per benchmark, and ``all``."""
+    parser = argparse.ArgumentParser(
+        prog="distributed-reptile bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    for name, (add_arguments, _, help_text) in BENCHMARKS.items():
+        p = sub.add_parser(
+            name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
+        add_arguments(p)
+        _add_common(p)
+    p = sub.add_parser(
+        "all",
+        help="every benchmark with its default settings",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_common(p)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out-dir", default="bench_results", help="folder of the JSON and PNG files"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 1 when a target is missed"
+    )
+
+
+def _missed(report: dict[str, Any]) -> list[str]:
+    return [t["name"] for t in report.get("targets", []) if t["status"] == "MISS"]
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """Run the benchmark named in ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    :param argv: e.g. ``["scaling", "--workers", "1,2", "--out-dir", "results"]``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    missed: list[str] = []
+    for name in names:
+        add_arguments, run, _ = BENCHMARKS[name]
+        if args.benchmark == "all":
+            sub = argparse.ArgumentParser()
+            add_arguments(sub)
+            _add_common(sub)
+            run_args = sub.parse_args(["--out-dir", args.out_dir])
+        else:
+            run_args = args
+        print(f"== bench {name} ==", flush=True)
+        try:
+            report = run(run_args)
+        except (BenchInputError, FileNotFoundError) as exc:
+            print(f"bench {name}: {exc}", file=sys.stderr)
+            return 2
+        missed += _missed(report)
+    if missed:
+        print(f"missed targets: {', '.join(missed)}")
+    return 1 if (missed and args.strict) else 0
+
+
+__all__ = ["BENCHMARKS", "build_parser", "cli_main"]

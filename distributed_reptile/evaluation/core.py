@@ -1,0 +1,468 @@
+"""Meta-test evaluation: held-out returns before and after adaptation, from several initialisations.
+
+For each held-out task (a family's ``"test"`` split) and each adaptation budget, an
+initialisation's weights are adapted with the inner learner (the same code, and on a trainer the
+same workers, as meta-training: :meth:`~distributed_reptile.inner.InnerLearner.run` with a
+per-job budget) and then run for a few episodes on a fresh env of the task. Every initialisation
+sees the same tasks, adaptation seeds and evaluation seeds, so differences can be taken task by
+task (paired). Budgets are env steps; for on-policy learners they are usually given as a number
+of inner rollouts (``k * n_steps * n_envs`` env steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.utils import set_random_seed
+
+from distributed_reptile.evaluation.stats import paired_difference, t_interval
+from distributed_reptile.inner.learner import InnerLearner, TaskJob
+from distributed_reptile.runners.base import Runner
+from distributed_reptile.seeding import derive_seed
+from distributed_reptile.tasks.generator import accepts_named_arg
+from distributed_reptile.tasks.spec import TaskCallable, TaskSpec, check_task_pair
+from distributed_reptile.weights import NumpyWeights, module_to_numpy
+
+#: Adaptation budgets, in inner rollouts, when none are given.
+DEFAULT_BUDGET_ROLLOUTS: tuple[int, ...] = (0, 1, 2, 4)
+_EVAL_STREAM = 0xE7A1
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Adaptation budgets: env steps, and the same in inner rollouts where that unit exists.
+
+    :param env_steps: env steps of adaptation, one per budget (0: evaluate without adapting).
+    :param rollouts: the same budgets in rollouts (on-policy learners), else ``None``.
+    :param rollout_steps: env steps of one rollout (``n_steps * n_envs``), else ``None``.
+    """
+
+    env_steps: tuple[int, ...]
+    rollouts: tuple[int, ...] | None = None
+    rollout_steps: int | None = None
+
+    def label(self, i: int) -> str:
+        """Name of budget ``i`` in logs: ``budget_{k}`` (k rollouts) or ``steps_{n}``."""
+        if self.rollouts is not None:
+            return f"budget_{self.rollouts[i]}"
+        return f"steps_{self.env_steps[i]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "env_steps": list(self.env_steps),
+            "rollouts": None if self.rollouts is None else list(self.rollouts),
+            "rollout_steps": self.rollout_steps,
+        }
+
+
+def rollout_size(model: Any) -> int | None:
+    """Env steps of one inner rollout of ``model`` (``n_steps * n_envs``), ``None`` without one."""
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    if isinstance(model, OnPolicyAlgorithm):
+        return int(model.n_steps) * int(getattr(model, "n_envs", 1))
+    return None
+
+
+def resolve_budgets(
+    model: Any,
+    rollouts: Sequence[int] | None = None,
+    env_steps: Sequence[int] | None = None,
+) -> Budgets:
+    """Budgets from rollout counts (on-policy ``model``) or explicit env steps.
+
+    :param model: a model built like the inner learner's (its rollout size is read from it).
+    :param rollouts: budgets in inner rollouts (default 0, 1, 2, 4 when ``env_steps`` is not given).
+    :param env_steps: budgets in env steps (needed for off-policy and custom learners).
+    """
+    if rollouts is not None and env_steps is not None:
+        raise ValueError("Give adaptation budgets either in rollouts or in env steps, not both.")
+    size = rollout_size(model)
+    if env_steps is not None:
+        steps = tuple(_non_negative_ints("budget env steps", env_steps))
+        in_rollouts = None
+        if size is not None and all(s % size == 0 for s in steps):
+            in_rollouts = tuple(s // size for s in steps)
+        return Budgets(steps, in_rollouts, size)
+    if size is None:
+        raise ValueError(
+            f"{type(model).__name__} has no rollout size (n_steps): give the adaptation budgets in "
+            "env steps (budget_steps=[0, 1000, ...] / --budget-unit steps)."
+        )
+    counts = tuple(_non_negative_ints("budget rollouts", rollouts or DEFAULT_BUDGET_ROLLOUTS))
+    return Budgets(tuple(k * size for k in counts), counts, size)
+
+
+def _non_negative_ints(name: str, values: Sequence[int]) -> list[int]:
+    out = [int(v) for v in values]
+    if not out or any(v < 0 for v in out) or any(v != w for v, w in zip(out, values, strict=True)):
+        raise ValueError(f"{name} must be a non-empty list of integers >= 0, got {list(values)!r}.")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat a budget, got {out!r}.")
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------- tasks
+def resolve_task_callable(family: str | TaskCallable) -> tuple[str, TaskCallable]:
+    """``(name, make_task)`` of a built-in family name or a task callable."""
+    from distributed_reptile.tasks.families import FAMILIES
+
+    if isinstance(family, str):
+        if family not in FAMILIES:
+            raise ValueError(f"Unknown task family {family!r}: use one of {', '.join(FAMILIES)}.")
+        return family, FAMILIES[family]
+    if not callable(family):
+        raise TypeError(f"family must be a family name or a task callable, got {family!r}.")
+    for name, make in FAMILIES.items():
+        if make is family:
+            return name, make
+    return getattr(family, "__name__", repr(family)), family
+
+
+def held_out_specs(
+    family: str | TaskCallable,
+    n_tasks: int,
+    seed: int = 0,
+    task_params: Mapping[str, Any] | None = None,
+    split: str = "test",
+) -> list[TaskSpec]:
+    """Specs of ``n_tasks`` held-out tasks: seeds ``seed .. seed + n_tasks - 1`` of ``split``.
+
+    These are the tasks of :func:`~distributed_reptile.tasks.families.held_out_tasks`, as specs
+    that workers build themselves.
+
+    :param family: a built-in family name or a task callable accepting ``split=``.
+    :param n_tasks: number of tasks.
+    :param seed: first task seed.
+    :param task_params: extra keyword arguments of the task callable (``split`` is set here).
+    :param split: the split to draw from (``"test"``: held out from meta-training).
+    """
+    from distributed_reptile.tasks.families import held_out_seeds
+
+    if int(n_tasks) < 1:
+        raise ValueError(f"n_tasks must be at least 1, got {n_tasks}.")
+    _, make = resolve_task_callable(family)
+    params = dict(task_params or {})
+    params.pop("split", None)
+    if accepts_named_arg(make, "split"):
+        params["split"] = split
+    elif split != "train":
+        raise ValueError(
+            f"Task callable {getattr(make, '__name__', make)!r} has no `split` argument, so it cannot "
+            "draw held-out tasks: add `split=\"train\"` to its signature (see the built-in families)."
+        )
+    specs = []
+    for i, task_seed_ in enumerate(held_out_seeds(int(n_tasks), seed)):
+        env, info = check_task_pair(make(random_seed=task_seed_, **params), where="task callable")
+        env.close()
+        specs.append(
+            TaskSpec(
+                meta_step=i,
+                info=info,
+                random_seed=task_seed_,
+                task_callable=make,
+                task_callable_params=dict(params),
+            )
+        )
+    return specs
+
+
+# ---------------------------------------------------------------------------- inits and runners
+def random_init_weights(
+    rl_algorithm: type,
+    rl_algo_kwargs: Mapping[str, Any],
+    env: Any,
+    seed: int,
+    device: str = "cpu",
+) -> NumpyWeights:
+    """The policy weights of a freshly built model (same construction as the meta model).
+
+    :param rl_algorithm: the learner class.
+    :param rl_algo_kwargs: its keyword arguments (``policy`` included).
+    :param env: an env of the family (only its spaces matter).
+    :param seed: seed of the initial weights.
+    :param device: torch device of the temporary model.
+    """
+    kwargs = copy.deepcopy(dict(rl_algo_kwargs))
+    policy = kwargs.pop("policy", "MlpPolicy")
+    kwargs.pop("device", None)
+    set_random_seed(int(seed))
+    model = rl_algorithm(env=env, policy=policy, device=device, **kwargs)
+    return module_to_numpy(model.policy)
+
+
+def build_eval_runner(
+    rl_algorithm: type,
+    rl_algo_kwargs: Mapping[str, Any],
+    backend: str = "serial",
+    num_workers: int = 1,
+    worker_resources: Mapping[str, Any] | None = None,
+) -> Runner:
+    """A standalone runner of evaluation jobs (for weights that do not come with a live trainer).
+
+    With ``backend="ray"`` Ray must already be initialised (see
+    :func:`distributed_reptile.ray_utils.ensure_ray`); close the runner when done.
+    """
+    params = dict(rl_algo_kwargs)
+    params.setdefault("device", "cpu")
+    factory = functools.partial(
+        InnerLearner,
+        rl_algorithm=rl_algorithm,
+        rl_algo_kwargs=params,
+        inner_steps=1,
+        torch_threads=1,
+    )
+    if backend == "serial":
+        from distributed_reptile.runners.serial import SerialRunner
+
+        return SerialRunner(factory)
+    if backend == "ray":
+        from distributed_reptile.runners.ray_pool import RayRunner
+
+        return RayRunner(factory, num_workers=num_workers, worker_resources=dict(worker_resources or {}))
+    raise ValueError(f"backend must be 'ray' or 'serial', got {backend!r}.")
+
+
+# ---------------------------------------------------------------------------- running
+def adaptation_returns(
+    runner: Runner,
+    weights: NumpyWeights,
+    specs: Sequence[TaskSpec],
+    budgets: Budgets,
+    episodes: int = 10,
+    deterministic: bool = True,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[list[list[float]]]]:
+    """Adapt ``weights`` to every task with every budget, then evaluate.
+
+    Task ``t`` uses the seed ``derive_seed(seed, t)`` for adaptation and evaluation alike, whatever
+    the initialisation and the budget, so that returns can be compared task by task.
+
+    :return: the mean episode return per ``(task, budget)``, shape ``(n_tasks, n_budgets)``, and
+        the episode returns themselves (``[task][budget][episode]``).
+    """
+    if int(episodes) < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}.")
+    n_b = len(budgets.env_steps)
+    jobs = [
+        TaskJob(
+            spec=spec,
+            task_seed=derive_seed(seed, _EVAL_STREAM, t),
+            index=t * n_b + b,
+            inner_steps=steps,
+            eval_episodes=int(episodes),
+            eval_deterministic=deterministic,
+            return_weights=False,
+        )
+        for t, spec in enumerate(specs)
+        for b, steps in enumerate(budgets.env_steps)
+    ]
+    means = np.full((len(specs), n_b), np.nan)
+    raw: list[list[list[float]]] = [[[] for _ in range(n_b)] for _ in specs]
+    for result in runner.run_batch(jobs, weights):
+        t, b = divmod(result.index, n_b)
+        raw[t][b] = list(result.eval_returns)
+        means[t, b] = float(np.mean(result.eval_returns))
+    return means, raw
+
+
+def evaluate_inits(
+    runner: Runner,
+    inits: Mapping[str, Sequence[NumpyWeights]],
+    specs: Sequence[TaskSpec],
+    budgets: Budgets,
+    episodes: int = 10,
+    deterministic: bool = True,
+    seed: int = 0,
+    reference: str = "meta",
+    confidence: float = 0.95,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every initialisation on the same tasks and budgets; return the report.
+
+    :param runner: runs the jobs (a trainer's ``runner``: the same workers as training, or
+        :func:`build_eval_runner`).
+    :param inits: name -> one weights dict per training seed (e.g. ``{"meta": [w0, w1, w2],
+        "random": [r0, r1, r2], "multitask": [m0, m1, m2]}``).
+    :param specs: the held-out tasks (:func:`held_out_specs`).
+    :param budgets: adaptation budgets (:func:`resolve_budgets`).
+    :param episodes: evaluation episodes per task and budget.
+    :param deterministic: deterministic actions in evaluation episodes.
+    :param seed: evaluation seed (adaptation and evaluation seeds of the tasks derive from it).
+    :param reference: the initialisation the others are compared with, task by task.
+    :param confidence: coverage of the intervals.
+    :param metadata: extra fields copied into the report (family, checkpoints, ...).
+    :return: the report of :func:`summarize`, with the episode returns, timings and settings.
+    """
+    if reference not in inits:
+        raise ValueError(f"The reference initialisation {reference!r} is not among {sorted(inits)}.")
+    per_unit: dict[str, np.ndarray] = {}
+    episodes_raw: dict[str, list[Any]] = {}
+    seconds: dict[str, float] = {}
+    for name, weight_list in inits.items():
+        if not weight_list:
+            raise ValueError(f"Initialisation {name!r} has no weights.")
+        t0 = time.perf_counter()
+        rows, raws = [], []
+        for weights in weight_list:
+            means, raw = adaptation_returns(runner, weights, specs, budgets, episodes, deterministic, seed)
+            rows.append(means)
+            raws.append(raw)
+        per_unit[name] = np.stack(rows)
+        episodes_raw[name] = raws
+        seconds[name] = time.perf_counter() - t0
+    report = summarize(per_unit, budgets, reference=reference, confidence=confidence)
+    report["settings"] = {
+        "episodes": int(episodes),
+        "deterministic": bool(deterministic),
+        "eval_seed": int(seed),
+        "n_tasks": len(specs),
+        "task_seeds": [s.random_seed for s in specs],
+        "tasks": [s.describe()["info"] for s in specs],
+    }
+    report["episode_returns"] = episodes_raw
+    report["timing_seconds"] = seconds
+    report["metadata"] = dict(metadata or {})
+    return report
+
+
+# ---------------------------------------------------------------------------- statistics
+def _pair(ref: np.ndarray, other: np.ndarray, ref_name: str, other_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Align two ``(seeds, tasks)`` arrays unit by unit (a single seed is paired with every seed)."""
+    if ref.shape == other.shape:
+        return ref, other
+    if other.shape[0] == 1:
+        return ref, np.broadcast_to(other, ref.shape)
+    if ref.shape[0] == 1:
+        return np.broadcast_to(ref, other.shape), other
+    raise ValueError(
+        f"Cannot pair {ref_name!r} ({ref.shape[0]} weight sets) with {other_name!r} "
+        f"({other.shape[0]}): give both the same number (one per training seed) or one of them a single set."
+    )
+
+
+def summarize(
+    per_unit: Mapping[str, np.ndarray],
+    budgets: Budgets,
+    reference: str = "meta",
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Means, t-intervals and paired differences of per-task returns.
+
+    :param per_unit: name -> array ``(n_seeds, n_tasks, n_budgets)`` of mean episode returns
+        (one row per training seed's weights; every init on the same tasks, in the same order).
+    :param budgets: the budgets of the last axis.
+    :param reference: the initialisation compared with each other one (``reference - other``).
+    :param confidence: coverage of the intervals.
+    :return: a JSON-ready dict:
+
+        * ``inits[name]["budgets"]``: per budget, the t-interval over all units (tasks x seeds),
+          the per-seed means and the t-interval across seed means (``across_seeds``);
+        * ``inits[name]["adaptation_gain"]``: per budget, return minus the return at the smallest
+          budget, paired by unit (is the init adapting, or only pretrained?);
+        * ``paired["<reference> - <other>"]``: per budget, the paired difference by unit and
+          across seed means;
+        * ``per_task``: the input arrays as nested lists.
+    """
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in per_unit.items()}
+    n_b = len(budgets.env_steps)
+    n_tasks = None
+    for name, arr in arrays.items():
+        if arr.ndim != 3 or arr.shape[2] != n_b:
+            raise ValueError(f"{name!r}: expected an array (seeds, tasks, {n_b} budgets), got shape {arr.shape}.")
+        if n_tasks is not None and arr.shape[1] != n_tasks:
+            raise ValueError("Every initialisation must be evaluated on the same tasks.")
+        n_tasks = arr.shape[1]
+    if reference not in arrays:
+        raise ValueError(f"The reference initialisation {reference!r} is not among {sorted(arrays)}.")
+
+    def budget_fields(b: int) -> dict[str, Any]:
+        return {
+            "label": budgets.label(b),
+            "env_steps": budgets.env_steps[b],
+            "rollouts": None if budgets.rollouts is None else budgets.rollouts[b],
+        }
+
+    inits: dict[str, Any] = {}
+    for name, arr in arrays.items():
+        rows, gains = [], []
+        for b in range(n_b):
+            values = arr[:, :, b]
+            seed_means = values.mean(axis=1)
+            rows.append(
+                {
+                    **budget_fields(b),
+                    **t_interval(values.ravel(), confidence),
+                    "seed_means": seed_means.tolist(),
+                    "across_seeds": t_interval(seed_means, confidence),
+                }
+            )
+            gains.append(
+                {
+                    **budget_fields(b),
+                    **paired_difference(values.ravel(), arr[:, :, 0].ravel(), confidence),
+                    "across_seeds": t_interval(seed_means - arr[:, :, 0].mean(axis=1), confidence),
+                }
+            )
+        inits[name] = {"n_seeds": int(arr.shape[0]), "budgets": rows, "adaptation_gain": gains}
+
+    paired: dict[str, Any] = {}
+    ref = arrays[reference]
+    for name, arr in arrays.items():
+        if name == reference:
+            continue
+        rows = []
+        for b in range(n_b):
+            a, o = _pair(ref[:, :, b], arr[:, :, b], reference, name)
+            rows.append(
+                {
+                    **budget_fields(b),
+                    **paired_difference(a.ravel(), o.ravel(), confidence),
+                    "across_seeds": t_interval(a.mean(axis=1) - o.mean(axis=1), confidence),
+                }
+            )
+        paired[f"{reference} - {name}"] = rows
+
+    return {
+        "confidence": confidence,
+        "reference": reference,
+        "budgets": budgets.as_dict(),
+        "n_tasks": int(n_tasks or 0),
+        "inits": inits,
+        "paired": paired,
+        "per_task": {k: v.tolist() for k, v in arrays.items()},
+        "notes": (
+            "Intervals are two-sided Student-t intervals. 'mean'/'ci_*' treat every (training seed, "
+            "task) pair as one unit; 'across_seeds' uses one value per training seed (the mean over "
+            "tasks), the more conservative view of seed-to-seed variation."
+        ),
+    }
+
+
+def budget_axis(budgets: Mapping[str, Any]) -> tuple[list[int], str]:
+    """The x values and axis label of a report's budgets (rollouts where known)."""
+    if budgets.get("rollouts") is not None:
+        return list(budgets["rollouts"]), f"adaptation budget (inner rollouts of {budgets['rollout_steps']} env steps)"
+    return list(budgets["env_steps"]), "adaptation budget (env steps)"
+
+
+__all__ = [
+    "DEFAULT_BUDGET_ROLLOUTS",
+    "Budgets",
+    "adaptation_returns",
+    "budget_axis",
+    "build_eval_runner",
+    "evaluate_inits",
+    "held_out_specs",
+    "random_init_weights",
+    "resolve_budgets",
+    "resolve_task_callable",
+    "rollout_size",
+    "summarize",
+]

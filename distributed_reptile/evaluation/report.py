@@ -1,0 +1,141 @@
+"""Writing an evaluation report: JSON, a PNG of adaptation curves, and a Markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from distributed_reptile.evaluation.core import budget_axis
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python values, NaN and infinities as ``None``."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item") and getattr(value, "size", 2) == 1:
+        return json_ready(value.item())
+    if hasattr(value, "tolist"):
+        return json_ready(value.tolist())
+    return value
+
+
+def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``report`` as JSON (NaN and infinities become ``null``)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_ready(dict(report)), indent=2, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def plot_report(report: Mapping[str, Any], path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Adaptation curves: mean return against budget per initialisation, shaded intervals; and the
+    paired differences (reference minus each other initialisation) with their intervals.
+
+    Needs matplotlib (``pip install "distributed-reptile[plot]"``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - matplotlib is in the test extra
+        raise ImportError(
+            'Plotting the evaluation needs matplotlib: pip install "distributed-reptile[plot]".'
+        ) from exc
+
+    xs, xlabel = budget_axis(report["budgets"])
+    conf = int(round(100 * float(report["confidence"])))
+    fig, (ax_ret, ax_diff) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, init in report["inits"].items():
+        rows = init["budgets"]
+        mean = [r["mean"] for r in rows]
+        low = [r["ci_low"] if r["ci_low"] is not None else math.nan for r in rows]
+        high = [r["ci_high"] if r["ci_high"] is not None else math.nan for r in rows]
+        (line,) = ax_ret.plot(xs, mean, marker="o", label=f"{name} ({init['n_seeds']} seed(s))")
+        ax_ret.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    ax_ret.set_xlabel(xlabel)
+    ax_ret.set_ylabel("mean episode return on held-out tasks")
+    ax_ret.set_title(f"return after adaptation ({conf}% t-interval over units)")
+    ax_ret.legend()
+    ax_ret.grid(alpha=0.3)
+    for name, rows in report["paired"].items():
+        mean = [r["mean"] for r in rows]
+        low = [r["ci_low"] if r["ci_low"] is not None else math.nan for r in rows]
+        high = [r["ci_high"] if r["ci_high"] is not None else math.nan for r in rows]
+        (line,) = ax_diff.plot(xs, mean, marker="o", label=name)
+        ax_diff.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
+    ax_diff.axhline(0.0, color="black", linewidth=0.8)
+    ax_diff.set_xlabel(xlabel)
+    ax_diff.set_ylabel("paired difference of returns")
+    ax_diff.set_title(f"{report['reference']} minus baseline, task by task")
+    if report["paired"]:
+        ax_diff.legend()
+    ax_diff.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _fmt(row: Mapping[str, Any], digits: int) -> str:
+    half = row.get("half_width")
+    if half is None or (isinstance(half, float) and not math.isfinite(half)):
+        return f"{row['mean']:.{digits}f}"
+    return f"{row['mean']:.{digits}f} ± {half:.{digits}f}"
+
+
+def report_to_markdown(report: Mapping[str, Any], digits: int = 1) -> str:
+    """Markdown tables: mean ± half-width per init and budget, adaptation gains, paired differences.
+
+    A paired difference or gain whose interval excludes zero is marked with ``*``.
+    """
+    xs, _ = budget_axis(report["budgets"])
+    unit = "rollouts" if report["budgets"].get("rollouts") is not None else "env steps"
+    head = "| | " + " | ".join(f"{x}" for x in xs) + f" {unit} |"
+    sep = "|---|" + "---|" * len(xs)
+    lines = [f"Return on {report['n_tasks']} held-out tasks (mean ± {int(100 * report['confidence'])}% CI over units):", "", head, sep]
+    for name, init in report["inits"].items():
+        lines.append(f"| {name} ({init['n_seeds']} seed(s)) | " + " | ".join(_fmt(r, digits) for r in init["budgets"]) + " |")
+    lines += ["", "Gain from adaptation (return minus return at the smallest budget, paired by unit):", "", head, sep]
+    for name, init in report["inits"].items():
+        cells = [_fmt(r, digits) + ("*" if r.get("excludes_zero") else "") for r in init["adaptation_gain"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if report["paired"]:
+        lines += ["", "Paired difference, task by task (* : the interval excludes 0):", "", head, sep]
+        for name, rows in report["paired"].items():
+            cells = [_fmt(r, digits) + ("*" if r.get("excludes_zero") else "") for r in rows]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Paired difference across training seeds (one value per seed):", "", head, sep]
+        for name, rows in report["paired"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(r["across_seeds"], digits) for r in rows) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_report(
+    report: Mapping[str, Any], out_dir: str | os.PathLike[str], stem: str = "evaluation", title: str | None = None
+) -> dict[str, Path]:
+    """Write ``{stem}.json``, ``{stem}.png`` and ``{stem}.md`` in ``out_dir``; return their paths."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": write_json(report, folder / f"{stem}.json"),
+        "png": plot_report(report, folder / f"{stem}.png", title=title),
+        "md": folder / f"{stem}.md",
+    }
+    paths["md"].write_text(report_to_markdown(report), encoding="utf-8")
+    return paths
+
+
+__all__ = ["json_ready", "plot_report", "report_to_markdown", "save_report", "write_json"]

@@ -1,0 +1,7 @@
+"""``python -m distributed_reptile.sine --out DIR``: train, evaluate on 100 unseen tasks, plot."""
+
+import sys
+
+from distributed_reptile.sine.run import main
+
+sys.exit(main())

@@ -1,0 +1,240 @@
+"""SupervisedRegressor: a small SB3-like supervised learner, usable as the trainer's ``rl_algorithm``.
+
+It offers what :class:`~distributed_reptile.ReptileMetaRL` and
+:class:`~distributed_reptile.InnerLearner` call on an SB3 model (``learn``, ``predict``,
+``set_env``, ``get_env``, ``set_random_seed``, ``save``, ``policy``, ``num_timesteps``), so the
+sine-wave regression of the Reptile paper runs through the same trainer, task generator and Ray
+workers as the RL families. ``learn(n)`` takes ``ceil(n / batch_size)`` Adam steps on batches the
+task env provides (:meth:`~distributed_reptile.sine.env.SineTaskEnv.training_batch`); a
+"timestep" is one training point.
+
+The network is a ReLU MLP whose weights live in a torch module (``policy``: what the trainer
+copies, averages and checkpoints). Its forward and backward passes and the Adam update run in
+NumPy on views of those same tensors: for a 1-64-64-1 network and 10 points per batch, a step
+costs a few tens of microseconds there against a few hundred through torch's autograd, and on
+tasks this small that per-step overhead is most of an inner loop. ``tests/test_sine.py`` checks
+the gradients and the Adam step against torch's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch as th
+from torch import nn
+
+
+class MlpRegressorPolicy(nn.Module):
+    """``in -> hidden... -> out`` with ReLU between layers (torch storage of the weights).
+
+    :param in_dim: input size.
+    :param out_dim: output size.
+    :param net_arch: hidden layer sizes.
+    """
+
+    def __init__(self, in_dim: int = 1, out_dim: int = 1, net_arch: Sequence[int] = (64, 64)) -> None:
+        super().__init__()
+        sizes = [in_dim, *net_arch, out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = th.relu(x)
+        return x
+
+    def numpy_params(self) -> list[np.ndarray]:
+        """``[W0, b0, W1, b1, ...]`` as NumPy views sharing memory with the parameters."""
+        out = []
+        for layer in self.layers:
+            out += [layer.weight.data.numpy(), layer.bias.data.numpy()]
+        return out
+
+
+def mlp_forward_backward(
+    params: list[np.ndarray], x: np.ndarray, y: np.ndarray
+) -> tuple[float, list[np.ndarray]]:
+    """Mean squared error of the ReLU MLP ``params`` on ``(x, y)`` and its gradients (same order)."""
+    n_layers = len(params) // 2
+    acts = [x]
+    h = x
+    for i in range(n_layers):
+        h = h @ params[2 * i].T + params[2 * i + 1]
+        if i < n_layers - 1:
+            h = np.maximum(h, 0.0)
+        acts.append(h)
+    diff = acts[-1] - y
+    loss = float(np.mean(diff * diff))
+    delta = (2.0 / diff.size) * diff
+    grads: list[np.ndarray] = [np.empty(0)] * len(params)
+    for i in range(n_layers - 1, -1, -1):
+        grads[2 * i] = delta.T @ acts[i]
+        grads[2 * i + 1] = delta.sum(axis=0)
+        if i > 0:
+            delta = (delta @ params[2 * i]) * (acts[i] > 0)
+    return loss, grads
+
+
+class NumpyAdam:
+    """Adam (as ``torch.optim.Adam``, no weight decay) updating NumPy arrays in place.
+
+    :param params: the arrays to update.
+    :param lr: step size.
+    :param betas: ``(beta1, beta2)``.
+    :param eps: denominator term.
+    """
+
+    def __init__(self, params: list[np.ndarray], lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
+        self.params = params
+        self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the moments (a fresh optimizer)."""
+        self.t = 0
+        self.m = [np.zeros_like(p) for p in self.params]
+        self.v = [np.zeros_like(p) for p in self.params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        bc1 = 1.0 - b1**self.t
+        bc2_sqrt = math.sqrt(1.0 - b2**self.t)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * g * g
+            p -= (self.lr / bc1) * m / (np.sqrt(v) / bc2_sqrt + self.eps)
+
+
+class SupervisedRegressor:
+    """Regression on the batches of a task env, with the SB3 surface the trainer uses.
+
+    :param policy: ``"MlpRegressor"`` (the only architecture).
+    :param env: the task env (an env with ``training_batch(rng, n) -> (x, y)``).
+    :param learning_rate: Adam step size.
+    :param betas: Adam's ``(beta1, beta2)``; ``(0, 0.999)`` as in the Reptile paper.
+    :param batch_size: training points per Adam step.
+    :param net_arch: hidden layer sizes.
+    :param device: only ``"cpu"`` / ``"auto"`` (the arithmetic runs in NumPy).
+    :param seed: seed of the data sampling and of torch.
+    :param verbose: unused; accepted for SB3 compatibility.
+    """
+
+    def __init__(
+        self,
+        policy: str = "MlpRegressor",
+        env: Any = None,
+        learning_rate: float = 1e-3,
+        betas: tuple[float, float] = (0.0, 0.999),
+        batch_size: int = 10,
+        net_arch: Sequence[int] = (64, 64),
+        device: str | th.device = "cpu",
+        seed: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        if policy != "MlpRegressor":
+            raise ValueError(f"SupervisedRegressor supports policy='MlpRegressor' only, got {policy!r}.")
+        if str(device) not in ("cpu", "auto"):
+            raise ValueError(f"SupervisedRegressor runs on the CPU; pass device='cpu', got {device!r}.")
+        if env is None:
+            raise ValueError("SupervisedRegressor needs an env (a task with training_batch(rng, n)).")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.init_kwargs = {"learning_rate": learning_rate, "betas": tuple(betas), "batch_size": batch_size,
+                            "net_arch": tuple(net_arch)}
+        self.learning_rate = float(learning_rate)
+        self.batch_size = int(batch_size)
+        self.device = th.device("cpu")
+        self.verbose = verbose
+        self.env = env
+        self.observation_space = env.observation_space
+        self.action_space = env.action_space
+        in_dim = int(np.prod(self.observation_space.shape))
+        out_dim = int(np.prod(self.action_space.shape))
+        self.policy = MlpRegressorPolicy(in_dim, out_dim, net_arch)
+        self.optimizer = NumpyAdam(self.policy.numpy_params(), learning_rate, (betas[0], betas[1]))
+        self.num_timesteps = 0
+        self._n_updates = 0
+        self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
+        self._rng = np.random.default_rng(seed)
+        if seed is not None:
+            self.set_random_seed(seed)
+
+    # ---------------------------------------------------------------- SB3 surface
+    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1,
+              tb_log_name: str = "SupervisedRegressor", reset_num_timesteps: bool = True,
+              progress_bar: bool = False) -> SupervisedRegressor:
+        """Take ``ceil(total_timesteps / batch_size)`` Adam steps on the env's training batches.
+
+        With ``reset_num_timesteps`` (the inner loop's fresh start) the Adam moments and the
+        loss buffer start anew. ``ep_info_buffer`` holds ``{"r": -loss}`` per step (the trainer
+        reports it as the adaptation return).
+        """
+        if reset_num_timesteps:
+            self.num_timesteps = 0
+            self.optimizer.reset()
+            self.ep_info_buffer.clear()
+        params = self.optimizer.params
+        for _ in range(math.ceil(int(total_timesteps) / self.batch_size)):
+            x, y = self.env.training_batch(self._rng, self.batch_size)
+            loss, grads = mlp_forward_backward(params, x, y)
+            self.optimizer.step(grads)
+            self.ep_info_buffer.append({"r": -loss, "l": len(x)})
+            self.num_timesteps += len(x)
+            self._n_updates += 1
+        return self
+
+    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = False) -> tuple[np.ndarray, None]:
+        """The regression output for ``observation`` (a batch or one input)."""
+        obs = np.asarray(observation, dtype=np.float32)
+        single = obs.ndim == len(self.observation_space.shape)
+        x = obs.reshape(1, -1) if single else obs.reshape(obs.shape[0], -1)
+        params = self.optimizer.params
+        h = x
+        for i in range(len(params) // 2):
+            h = h @ params[2 * i].T + params[2 * i + 1]
+            if i < len(params) // 2 - 1:
+                h = np.maximum(h, 0.0)
+        out = h.astype(np.float32)
+        return (out[0] if single else out), None
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        self.env = env
+
+    def get_env(self) -> Any:
+        return self.env
+
+    def set_random_seed(self, seed: int | None = None) -> None:
+        """Seed the batch sampling and torch."""
+        if seed is None:
+            return
+        self._rng = np.random.default_rng(int(seed))
+        th.manual_seed(int(seed))
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy"], []
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the weights and constructor arguments (``torch.save``); read with :meth:`load`."""
+        th.save({"init_kwargs": self.init_kwargs, "policy": self.policy.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Any, **overrides: Any) -> SupervisedRegressor:
+        """A learner on ``env`` with the weights saved at ``path``."""
+        saved = th.load(path, weights_only=True)
+        kwargs = {**saved["init_kwargs"], **overrides}
+        model = cls(env=env, **kwargs)
+        model.policy.load_state_dict(saved["policy"])
+        return model
+
+
+__all__ = ["MlpRegressorPolicy", "NumpyAdam", "SupervisedRegressor", "mlp_forward_backward"]

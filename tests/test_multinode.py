@@ -1,0 +1,202 @@
+"""A real two-node Ray cluster (head + second node in a private network namespace, only ``lo``):
+a training job submitted with ``ray job submit`` runs on both nodes, and survives losing one.
+
+Both tests start their own cluster with :class:`multinode.NamespaceCluster` (token auth on, fresh
+token) and tear it down by the processes they started, then assert that none is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from multinode import FAST_HEALTH_CHECK, NamespaceCluster, namespace_support
+from safetensors.torch import load_file
+
+from distributed_reptile.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+NO_NAMESPACES = namespace_support()
+
+pytestmark = [
+    pytest.mark.multinode,
+    pytest.mark.skipif(
+        NO_NAMESPACES is not None, reason=f"needs a network namespace: {NO_NAMESPACES}"
+    ),
+]
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short folder for the cluster's temp dir (Ray's socket paths must stay under 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="drmn_", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    """The job's working dir, as ``ray job submit --working-dir`` uploads it: just the configs."""
+    wd = tmp_path / "job"
+    shutil.copytree(REPO / "configs", wd / "configs")
+    return wd
+
+
+def _train_entrypoint(out: Path, *overrides: str) -> list[str]:
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    return ["distributed-reptile", "train", "configs/smoke.yaml", "--output", str(out), *sets]
+
+
+def _wait_job(cluster: NamespaceCluster, submit: Any, job_id: str, timeout: float) -> str:
+    try:
+        submit.wait(timeout=timeout)
+    except Exception:
+        submit.kill()
+        raise AssertionError(
+            f"job {job_id} did not finish in {timeout}s:\n{cluster.job_log(job_id)[-4000:]}"
+        ) from None
+    status = cluster.job_status(job_id)
+    assert submit.returncode == 0 and status == "SUCCEEDED", (
+        f"job {job_id}: ray job submit exited {submit.returncode}, status {status}:\n"
+        f"{cluster.job_log(job_id)[-4000:]}"
+    )
+    return status
+
+
+def _train_serial(out: Path, overrides: list[str]) -> None:
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    assert main(["train", str(REPO / "configs" / "smoke.yaml"), *sets, "--output", str(out)]) == 0
+
+
+def _assert_same_weights(ckpt_a: Path, ckpt_b: Path) -> None:
+    a = load_file(str(ckpt_a / "meta_policy.safetensors"))
+    b = load_file(str(ckpt_b / "meta_policy.safetensors"))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ in {different}"
+
+
+def _records(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "step_records.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_submitted_training_job_runs_tasks_on_both_nodes_and_writes_a_checkpoint(
+    short_dir: Path, job_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    cluster = NamespaceCluster(short_dir, head_cpus=1, worker_cpus=1)
+    try:
+        cluster.start()
+        ids = cluster.node_ids()
+        assert set(ids) == {"head", "second"} and ids["head"] != ids["second"]
+        submit = cluster.submit(_train_entrypoint(out), job_dir, "smoke_two_nodes")
+        _wait_job(cluster, submit, "smoke_two_nodes", timeout=240)
+    finally:
+        left = cluster.teardown()
+    assert left == [], f"processes left in the namespace: {left}"
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["outer_steps"] == 3
+    # one worker actor per node (1 CPU each): both nodes ran inner loops
+    assert set(summary["tasks_per_node"]) == {ids["head"], ids["second"]}
+    assert sum(summary["tasks_per_node"].values()) == 3 * 4
+    ckpt = Path(summary["last_checkpoint"])
+    assert ckpt == out / "checkpoints" / "meta_ckpt_outer_3"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["num_outer_steps"] == 3
+    assert (ckpt / "meta_policy.safetensors").stat().st_size > 0
+    assert (out / "config.yaml").exists() and any((out / "tb").iterdir())
+
+    # the same config on the serial backend, in this process, reaches the same weights bit for bit
+    serial = tmp_path / "serial"
+    _train_serial(serial, ["backend=serial"])
+    _assert_same_weights(ckpt, serial / "checkpoints" / "meta_ckpt_outer_3")
+
+
+def _first_checkpoint_state(out: Path, timeout: float, submit: Any) -> dict[str, Any]:
+    """The trainer state of the first checkpoint to appear (written once per outer step)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert submit.poll() is None, "the job ended before its first checkpoint"
+        ckpts = (out / "checkpoints").glob("meta_ckpt_outer_*")
+        for ckpt in sorted(ckpts, key=lambda p: int(p.name.rsplit("_", 1)[1])):
+            try:
+                return dict(json.loads((ckpt / "trainer_state.json").read_text()))
+            except (OSError, ValueError):
+                continue  # pruned or being replaced: look again
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint in {out / 'checkpoints'} after {timeout}s")
+
+
+def _newest_checkpoint_step(out: Path) -> int:
+    steps = [int(p.name.rsplit("_", 1)[1]) for p in (out / "checkpoints").glob("meta_ckpt_outer_*")]
+    return max(steps, default=0)
+
+
+def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
+    short_dir: Path, job_dir: Path, tmp_path: Path
+) -> None:
+    """The second node is killed mid-run; its worker comes back on the head and the run ends
+    with the weights of a serial run.
+
+    Ray puts an actor that asks for no resources, as the run's task source does, on a random
+    node, and the task source does not survive its node. So that it is on the head (the driver's
+    node, which this test keeps), the second node joins only once the task source is up; a
+    detached actor holds one of the head's two CPUs until then, so that the second worker waits
+    for the second node instead of starting on the head, and is released before the node goes.
+    """
+    out = tmp_path / "run"
+    outer_steps = 5
+    overrides = [f"outer_steps={outer_steps}", "inner_steps=256"]
+    # node failure is detected in seconds instead of about a minute
+    cluster = NamespaceCluster(short_dir, head_cpus=2, worker_cpus=1, head_env=FAST_HEALTH_CHECK)
+    try:
+        cluster.start_head()
+        holder = cluster.hold_head_cpus(1)
+        submit = cluster.submit(_train_entrypoint(out, *overrides), job_dir, "node_loss")
+        source_node = cluster.wait_for_actor("TaskSource", submit)
+        cluster.start_second_node()
+        ids = cluster.node_ids()
+        assert source_node == ids["head"]
+        state = _first_checkpoint_state(out, timeout=180, submit=submit)
+        before = {n for r in state["step_records"] for n in r["tasks_per_node"]}
+        assert before == {ids["head"], ids["second"]}, "tasks ran on one node only before the loss"
+        os.kill(holder, signal.SIGKILL)  # room on the head for the worker of the lost node
+        killed = cluster.kill_second_node()
+        assert killed, "the second node was already gone"
+        # steps finished before the kill have a checkpoint by now (a step's checkpoint is
+        # written before the next step starts, so every later step started after the kill)
+        steps_at_kill = _newest_checkpoint_step(out)
+        _wait_job(cluster, submit, "node_loss", timeout=300)
+        dead = [n for n in cluster.nodes() if n["node_id"] == ids["second"]]
+        assert dead and dead[0]["state"] == "DEAD"
+    finally:
+        left = cluster.teardown()
+    assert left == [], f"processes left in the namespace: {left}"
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] and summary["outer_steps"] == outer_steps
+    records = _records(out)
+    assert [r["outer_step"] for r in records] == list(range(1, outer_steps + 1))
+    assert all(sum(r["tasks_per_node"].values()) == 4 for r in records), "a task was dropped"
+    # the step running at the kill may still hold tasks of the lost node; later ones cannot
+    after = [r for r in records if r["outer_step"] > steps_at_kill + 1]
+    assert after, "the node was lost too late to see training continue without it"
+    assert all(set(r["tasks_per_node"]) == {ids["head"]} for r in after)
+    assert Path(summary["last_checkpoint"]).name == f"meta_ckpt_outer_{outer_steps}"
+    # the lost tasks were run again, not dropped: the weights equal a serial run's, bit for bit
+    serial = tmp_path / "serial"
+    _train_serial(serial, ["backend=serial", *overrides])
+    _assert_same_weights(
+        Path(summary["last_checkpoint"]), serial / "checkpoints" / f"meta_ckpt_outer_{outer_steps}"
+    )
