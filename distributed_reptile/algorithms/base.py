@@ -32,7 +32,7 @@ from distributed_reptile import checkpoint as ckpt
 from distributed_reptile.budget import compute_updates
 from distributed_reptile.callbacks import CheckpointCallback, MaybeCallback, to_callback
 from distributed_reptile.inner.learner import AdaptedResult, InnerLearner, TaskJob
-from distributed_reptile.runners.base import Runner, TaskSourceHandle
+from distributed_reptile.runners.base import Runner, TaskSourceHandle, check_task_retries
 from distributed_reptile.schedules import LRSchedule, normalize_lr_schedule
 from distributed_reptile.seeding import (
     derive_seed,
@@ -110,7 +110,13 @@ class BaseMetaAlgorithm(ABC):
     :param reuse_models: reuse one SB3 model per worker across tasks (exactly equivalent, faster).
     :param on_nonfinite: what to do with an adapted weight that is NaN/inf: ``"raise"`` or ``"skip"`` the task.
     :param max_worker_restarts: restarts of a Ray worker that died.
-    :param max_task_retries: retries of a task whose worker died.
+    :param max_task_retries: Ray's retries of a task whose worker died (a worker Ray gives up on
+        is replaced by a new one).
+    :param task_retries: reruns of a task whose inner loop raised, before the run fails with an
+        error naming the task and the original exception.
+    :param task_timeout_s: a task running longer is cancelled (its worker replaced) and rerun
+        (``None``: no limit; Ray backend only).
+    :param connect_timeout_s: time allowed to reach ``ray_address`` before failing (``None``: Ray's own).
     :param ray_init_kwargs: extra keyword arguments of ``ray.init``.
     :param inner_learner_cls: class running each inner loop (subclass :class:`InnerLearner` to
         change how a task is adapted).
@@ -144,6 +150,9 @@ class BaseMetaAlgorithm(ABC):
         on_nonfinite: Literal["raise", "skip"] = "raise",
         max_worker_restarts: int = 3,
         max_task_retries: int = 3,
+        task_retries: int = 2,
+        task_timeout_s: float | None = None,
+        connect_timeout_s: float | None = 30.0,
         ray_init_kwargs: dict[str, Any] | None = None,
         inner_learner_cls: type[InnerLearner] = InnerLearner,
     ) -> None:
@@ -181,6 +190,9 @@ class BaseMetaAlgorithm(ABC):
         self.on_nonfinite = on_nonfinite
         self.max_worker_restarts = int(max_worker_restarts)
         self.max_task_retries = int(max_task_retries)
+        self.task_retries = int(task_retries)
+        self.task_timeout_s = task_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.ray_init_kwargs = dict(ray_init_kwargs or {})
         self.inner_learner_cls = inner_learner_cls
 
@@ -241,13 +253,21 @@ class BaseMetaAlgorithm(ABC):
                 "tasks_generator_params must be a dict of the task generator's keyword arguments."
             )
         normalize_lr_schedule(a["meta_lr"])
+        check_task_retries(a["task_retries"])
+        timeout = a["task_timeout_s"]
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+            raise ValueError(f"task_timeout_s must be None or a positive number of seconds, got {timeout!r}.")
 
     # ------------------------------------------------------------------ construction
     def _start_backend(self) -> None:
         if self.backend == "ray":
             from distributed_reptile.ray_utils import ensure_ray
 
-            self._ray_mode = ensure_ray(self.ray_address, ray_init_kwargs=self.ray_init_kwargs)
+            self._ray_mode = ensure_ray(
+                self.ray_address,
+                ray_init_kwargs=self.ray_init_kwargs,
+                connect_timeout_s=self.connect_timeout_s,
+            )
 
     def _generator_params(self) -> dict[str, Any]:
         params = dict(self.tasks_generator_params)
@@ -322,11 +342,13 @@ class BaseMetaAlgorithm(ABC):
                     worker_resources=self.worker_resources,
                     max_restarts=self.max_worker_restarts,
                     max_task_retries=self.max_task_retries,
+                    task_retries=self.task_retries,
+                    task_timeout_s=self.task_timeout_s,
                 )
             else:
                 from distributed_reptile.runners.serial import SerialRunner
 
-                self._runner = SerialRunner(factory)
+                self._runner = SerialRunner(factory, task_retries=self.task_retries)
         return self._runner
 
     def _get_ignored_params(self, prefixes: list[str]) -> set[str]:
@@ -568,6 +590,8 @@ class BaseMetaAlgorithm(ABC):
         ]
         t_sampled = time.perf_counter()
         meta_weights = module_to_numpy(self.meta_policy)
+        retry_log = getattr(self.runner, "retry_events", [])
+        retries_before = len(retry_log)
         stats: dict[str, Any] = {"wait": 0.0, "results": [], "skipped": []}
         results = self._checked_results(self.runner.run_batch(jobs, meta_weights), stats)
         t_update = time.perf_counter()
@@ -596,6 +620,7 @@ class BaseMetaAlgorithm(ABC):
             "tasks": [s.describe() for s in specs],
             "revisits": sum(1 for s in specs if s.revisit),
             "skipped_tasks": stats["skipped"],
+            "retries": list(retry_log[retries_before:]),
             "task_pids": [rec["worker"].get("pid") for rec in res],
             "tasks_per_node": dict(
                 Counter(

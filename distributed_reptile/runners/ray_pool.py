@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
@@ -96,9 +97,12 @@ def make_remote_task_source(
     """Start the named task-source actor that owns sampling and the revisit history."""
     name = f"distributed_reptile_task_source_{uuid.uuid4().hex[:12]}"
     remote_cls: Any = ray.remote(TaskSource)
-    actor = remote_cls.options(name=name, num_cpus=0, max_restarts=0).remote(
-        generator_cls, generator_params, True
-    )
+    # Pinned to the driver's node: an actor asking for no resources would otherwise land on any
+    # node, and losing that node would lose the sampling state with it.
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    actor = remote_cls.options(
+        name=name, num_cpus=0, max_restarts=0, scheduling_strategy=here
+    ).remote(generator_cls, generator_params, True)
     source = RemoteTaskSource(actor, name)
     _unwrap(lambda: ray.get(actor.ping.remote()))
     return source
