@@ -165,6 +165,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.ray_address is not None:
         kwargs["ray_address"] = args.ray_address
     learn_kwargs = config.learn_kwargs()
+    if args.time_budget is not None:
+        from distributed_reptile.callbacks import StopOnWallClock
+
+        if not args.time_budget > 0:
+            print(
+                "distributed-reptile train: --time-budget must be a positive number of seconds",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        learn_kwargs["callback"] = [StopOnWallClock(args.time_budget, verbose=1)]
     save_path = learn_kwargs.get("save_path")
     learn_kwargs["save_path"] = (
         str(Path(save_path).expanduser()) if save_path else str(out / "checkpoints")
@@ -298,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="join this Ray cluster (default: the config's ray_address, else RAY_ADDRESS, else a "
         "local instance on 127.0.0.1)",
+    )
+    train.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop cleanly after the first outer step that ends this long after training started "
+        "(the final checkpoint is still written); same as the config key learn.time_budget_s",
     )
     train.set_defaults(func=_train)
 

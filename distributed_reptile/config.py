@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
 )
@@ -144,6 +145,20 @@ class LearnConfig(_Strict):
     save_final: bool = True
     progress_bar: bool = False
     keep_last: PositiveInt | None = None
+    time_budget_s: PositiveFloat | None = None
+
+
+class TuneSection(_Strict):
+    """Options of ``distributed-reptile tune`` (the search space is the top-level ``search_space``)."""
+
+    num_samples: PositiveInt = 4
+    metric: str = "ep_return_mean"
+    mode: Literal["max", "min"] = "max"
+    grace_period: PositiveInt = 1
+    max_concurrent_trials: PositiveInt | None = None
+    checkpoint_freq: NonNegativeInt = 1
+    max_failures: NonNegativeInt = 2
+    seed: int | None = None
 
 
 class RunConfig(_Strict):
@@ -182,9 +197,14 @@ class RunConfig(_Strict):
     on_nonfinite: Literal["raise", "skip"] = "raise"
     max_worker_restarts: int = Field(3, ge=-1)
     max_task_retries: int = Field(3, ge=-1)
+    task_retries: NonNegativeInt = 2
+    task_timeout_s: PositiveFloat | None = None
+    connect_timeout_s: PositiveFloat | None = 30.0
     ray_init_kwargs: dict[str, Any] = Field(default_factory=dict)
     inner_learner_cls: ImportPath = "distributed_reptile:InnerLearner"
     learn: LearnConfig = Field(default_factory=LearnConfig)
+    search_space: dict[str, Any] = Field(default_factory=dict)
+    tune: TuneSection = Field(default_factory=TuneSection)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> RunConfig:
@@ -262,13 +282,25 @@ class RunConfig(_Strict):
             "on_nonfinite": self.on_nonfinite,
             "max_worker_restarts": self.max_worker_restarts,
             "max_task_retries": self.max_task_retries,
+            "task_retries": self.task_retries,
+            "task_timeout_s": self.task_timeout_s,
+            "connect_timeout_s": self.connect_timeout_s,
             "ray_init_kwargs": dict(self.ray_init_kwargs),
             "inner_learner_cls": resolve_import_path(self.inner_learner_cls),
         }
 
     def learn_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``learn`` (without ``reset_num_timesteps``, which the caller sets)."""
-        return self.learn.model_dump()
+        """Keyword arguments of ``learn`` (without ``reset_num_timesteps``, which the caller sets).
+
+        ``time_budget_s`` becomes a :class:`~distributed_reptile.callbacks.StopOnWallClock` callback.
+        """
+        from distributed_reptile.callbacks import StopOnWallClock
+
+        kwargs = self.learn.model_dump()
+        budget = kwargs.pop("time_budget_s")
+        if budget is not None:
+            kwargs["callback"] = [StopOnWallClock(budget, verbose=1)]
+        return kwargs
 
     def to_yaml(self) -> str:
         """The config as YAML (import paths stay strings), loadable again with :func:`load_config`."""

@@ -124,7 +124,14 @@ def meta_trainable(
     from distributed_reptile.algorithms.reptile import ReptileMetaRL
 
     kwargs = apply_overrides(base_kwargs, config)
-    kwargs["backend"] = "ray"  # the trial's actors live in its placement group
+    kwargs["backend"] = "ray"
+    # The trial's actors live in its placement group: a scheduling strategy of their own would
+    # take them out of it.
+    kwargs["worker_resources"] = {
+        k: v
+        for k, v in dict(kwargs.get("worker_resources") or {}).items()
+        if k != "scheduling_strategy"
+    }
     checkpoint = tune.get_checkpoint()
     learn = dict(learn_kwargs)
     learn["callback"] = [*list(learn.get("callback") or []), _TuneReporter(checkpoint_freq)]
@@ -138,6 +145,9 @@ def meta_trainable(
         meta.learn(**learn)
 
 
+_NOT_RESOURCES = {"scheduling_strategy", "runtime_env", "accelerator_type"}
+
+
 def trial_resources(
     num_workers: int, worker_resources: Mapping[str, Any] | None = None, driver_cpus: float = 0.5
 ) -> Any:
@@ -146,6 +156,8 @@ def trial_resources(
 
     worker = {"CPU": 1.0}
     for key, value in (worker_resources or {}).items():
+        if key in _NOT_RESOURCES:
+            continue
         if key == "num_cpus":
             worker["CPU"] = float(value)
         elif key == "num_gpus":
@@ -314,3 +326,84 @@ def best_checkpoint(results: Any, metric: str, mode: str) -> Path:
     if best.checkpoint is None:
         raise RuntimeError("The best trial has no checkpoint; set checkpoint_freq > 0.")
     return Path(best.checkpoint.path) / "trainer"
+
+
+def cli_main(argv: list[str] | None = None) -> int:
+    """``distributed-reptile tune CONFIG.yaml``: an ASHA sweep over the config's ``search_space``.
+
+    Writes Tune's results and checkpoints to the output folder, prints the results table, and
+    saves it with the best trial's checkpoint path in ``best.json``.
+    """
+    import argparse
+    import json
+    import sys
+    import time
+    from datetime import datetime
+
+    from distributed_reptile.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(
+        prog="distributed-reptile tune",
+        description="Sweep a config's search_space with Ray Tune (ASHA on the tune.metric step-record key).",
+    )
+    parser.add_argument(
+        "config", help="YAML config with a search_space (and optionally a tune section)"
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--output", default=None, help="results folder (default: runs/tune_<name>_<timestamp>)"
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=None, help="trials to sample (default: tune.num_samples)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(Path(args.config).expanduser(), args.overrides)
+    except ConfigError as err:
+        print(f"distributed-reptile tune: {err}", file=sys.stderr)
+        return 2
+    if not config.search_space:
+        print(
+            "distributed-reptile tune: the config has no search_space; add e.g.\n"
+            "search_space:\n  meta_lr: loguniform(0.05, 1.0)",
+            file=sys.stderr,
+        )
+        return 2
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    out = Path(args.output or f"runs/tune_{config.name}_{stamp}").expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    learn = config.learn_kwargs()
+    for key in ("save_freq", "save_path", "save_final", "keep_last", "progress_bar"):
+        learn.pop(key, None)  # checkpoints go through Tune
+    opts = config.tune
+    t0 = time.perf_counter()
+    results = run_sweep(
+        config.trainer_kwargs(),
+        config.search_space,
+        storage_path=str(out),
+        name=config.name,
+        num_samples=args.num_samples or opts.num_samples,
+        metric=opts.metric,
+        mode=opts.mode,
+        learn_kwargs={**learn, "save_final": False},
+        grace_period=opts.grace_period,
+        max_concurrent_trials=opts.max_concurrent_trials,
+        checkpoint_freq=opts.checkpoint_freq,
+        max_failures=opts.max_failures,
+        seed=opts.seed,
+    )
+    wall = time.perf_counter() - t0
+    table = results_table(results, opts.metric, opts.mode, list(config.search_space))
+    print(table)
+    (out / "results.txt").write_text(table + "\n", encoding="utf-8")
+    best: dict[str, Any] = {"wall_seconds": round(wall, 1), "errors": len(results.errors)}
+    if len(results.errors) < len(results):
+        best["checkpoint"] = str(best_checkpoint(results, opts.metric, opts.mode))
+        best["config"] = results.get_best_result(
+            metric=opts.metric, mode=opts.mode, scope="all"
+        ).config
+    (out / "best.json").write_text(json.dumps(best, indent=2, default=str), encoding="utf-8")
+    print(
+        f"best trial checkpoint: {best.get('checkpoint')}  (sweep took {wall:.1f}s; results in {out})"
+    )
+    return 0 if not results.errors else 1

@@ -244,3 +244,36 @@ def test_console_script_points_at_main() -> None:
     ]
     assert script.value == "distributed_reptile.cli:main"
     assert cli.main is main and sys.modules["distributed_reptile.cli"] is cli
+
+
+def test_time_budget_stops_the_run_cleanly_with_a_final_checkpoint(tmp_path: Path) -> None:
+    from distributed_reptile.cli import main
+
+    out = tmp_path / "run"
+    status = main(
+        [
+            "train",
+            "configs/smoke.yaml",
+            "--set",
+            "backend=serial",
+            "--set",
+            "outer_steps=5",
+            "--time-budget",
+            "0.001",
+            "--output",
+            str(out),
+        ]
+    )
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] is False and summary["outer_steps"] == 1
+    assert summary["last_checkpoint"].endswith("meta_ckpt_outer_1")
+
+
+def test_time_budget_config_key_becomes_a_wall_clock_callback(tmp_path: Path) -> None:
+    from distributed_reptile.callbacks import StopOnWallClock
+    from distributed_reptile.config import load_config
+
+    config = load_config("configs/smoke.yaml", ["learn.time_budget_s=90"])
+    callbacks = config.learn_kwargs()["callback"]
+    assert isinstance(callbacks[0], StopOnWallClock) and callbacks[0].seconds == 90.0

@@ -32,7 +32,7 @@ def test_numpy_gradients_and_adam_steps_equal_torch_autograd_and_adam():
     rng = np.random.default_rng(0)
     for step in range(20):
         x, y = env.training_batch(rng, 10)
-        loss, grads = mlp_forward_backward(model.optimizer.params, x, y)
+        loss, grads = mlp_forward_backward(model.policy.numpy_params(), x, y)
         torch_loss = ((reference(th.from_numpy(x)) - th.from_numpy(y)) ** 2).mean()
         optimizer.zero_grad()
         torch_loss.backward()
@@ -41,7 +41,13 @@ def test_numpy_gradients_and_adam_steps_equal_torch_autograd_and_adam():
             for g, p in zip(grads, reference.parameters(), strict=True):
                 np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-4, atol=1e-6)
         optimizer.step()
-        model.optimizer.step(grads)
+        for param, flat_part in zip(model.policy.numpy_params(), np.split(model.optimizer.param, np.cumsum([g.size for g in grads])[:-1]), strict=True):
+            flat_part[...] = param.reshape(-1)
+        model.optimizer.step(np.concatenate([g.reshape(-1) for g in grads]))
+        offset = 0
+        for param in model.policy.numpy_params():
+            param[...] = model.optimizer.param[offset : offset + param.size].reshape(param.shape)
+            offset += param.size
     for mine, theirs in zip(model.policy.parameters(), reference.parameters(), strict=True):
         np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), atol=1e-6)
 

@@ -112,3 +112,43 @@ def test_failed_trial_resumes_from_its_tune_checkpoint_exactly(tmp_path, ray_ses
     ) as resumed:
         assert resumed.num_outer_steps == 3
         assert_same_weights(expected, weights_of(resumed))
+
+
+def test_tune_command_sweeps_a_config_and_prints_the_table(tmp_path, ray_session, capsys):
+    import json
+
+    from distributed_reptile.cli import main
+
+    status = main(
+        [
+            "tune",
+            "configs/smoke.yaml",
+            "--set",
+            "num_workers=1",
+            "--set",
+            "outer_steps=2",
+            "--set",
+            "task_batch_size=2",
+            "--set",
+            "search_space.meta_lr=choice([0.5, 1.0])",
+            "--set",
+            "tune.grace_period=2",
+            "--num-samples",
+            "2",
+            "--output",
+            str(tmp_path / "sweep"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "meta_lr" in out and out.count("OK") == 2
+    best = json.loads((tmp_path / "sweep" / "best.json").read_text())
+    with ReptileMetaRL.load(best["checkpoint"], backend="serial") as meta:
+        assert meta.num_outer_steps == 2
+
+
+def test_tune_command_without_search_space_exits_2(capsys):
+    from distributed_reptile.tune import cli_main
+
+    assert cli_main(["configs/smoke.yaml"]) == 2
+    assert "no search_space" in capsys.readouterr().err

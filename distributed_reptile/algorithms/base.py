@@ -255,8 +255,12 @@ class BaseMetaAlgorithm(ABC):
         normalize_lr_schedule(a["meta_lr"])
         check_task_retries(a["task_retries"])
         timeout = a["task_timeout_s"]
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
-            raise ValueError(f"task_timeout_s must be None or a positive number of seconds, got {timeout!r}.")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise ValueError(
+                f"task_timeout_s must be None or a positive number of seconds, got {timeout!r}."
+            )
 
     # ------------------------------------------------------------------ construction
     def _start_backend(self) -> None:

@@ -99,7 +99,9 @@ def make_remote_task_source(
     remote_cls: Any = ray.remote(TaskSource)
     # Pinned to the driver's node: an actor asking for no resources would otherwise land on any
     # node, and losing that node would lose the sampling state with it.
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    here = NodeAffinitySchedulingStrategy(
+        node_id=ray.get_runtime_context().get_node_id(), soft=False
+    )
     actor = remote_cls.options(
         name=name, num_cpus=0, max_restarts=0, scheduling_strategy=here
     ).remote(generator_cls, generator_params, True)

@@ -10,9 +10,10 @@ task env provides (:meth:`~distributed_reptile.sine.env.SineTaskEnv.training_bat
 
 The network is a ReLU MLP whose weights live in a torch module (``policy``: what the trainer
 copies, averages and checkpoints). Its forward and backward passes and the Adam update run in
-NumPy on views of those same tensors: for a 1-64-64-1 network and 10 points per batch, a step
-costs a few tens of microseconds there against a few hundred through torch's autograd, and on
-tasks this small that per-step overhead is most of an inner loop. ``tests/test_sine.py`` checks
+NumPy, on one flat copy of the weights that is written back at the end of ``learn``: for a
+1-64-64-1 network and 10 points per batch, a step costs a few tens of microseconds there against a
+few hundred through torch's autograd and optimizer, and on tasks this small that per-step overhead
+is most of an inner loop. ``tests/test_sine.py`` checks
 the gradients and the Adam step against torch's.
 """
 
@@ -51,16 +52,14 @@ class MlpRegressorPolicy(nn.Module):
 
     def numpy_params(self) -> list[np.ndarray]:
         """``[W0, b0, W1, b1, ...]`` as NumPy views sharing memory with the parameters."""
-        out = []
-        for layer in self.layers:
-            out += [layer.weight.data.numpy(), layer.bias.data.numpy()]
-        return out
+        return [p.data.numpy() for p in self.parameters()]
 
 
 def mlp_forward_backward(
-    params: list[np.ndarray], x: np.ndarray, y: np.ndarray
+    params: list[np.ndarray], x: np.ndarray, y: np.ndarray, grads: list[np.ndarray] | None = None
 ) -> tuple[float, list[np.ndarray]]:
-    """Mean squared error of the ReLU MLP ``params`` on ``(x, y)`` and its gradients (same order)."""
+    """Mean squared error of the ReLU MLP ``params`` on ``(x, y)`` and its gradients (same order),
+    written into ``grads`` when given (e.g. views of one flat gradient buffer)."""
     n_layers = len(params) // 2
     acts = [x]
     h = x
@@ -72,46 +71,58 @@ def mlp_forward_backward(
     diff = acts[-1] - y
     loss = float(np.mean(diff * diff))
     delta = (2.0 / diff.size) * diff
-    grads: list[np.ndarray] = [np.empty(0)] * len(params)
+    if grads is None:
+        grads = [np.empty_like(p) for p in params]
     for i in range(n_layers - 1, -1, -1):
-        grads[2 * i] = delta.T @ acts[i]
-        grads[2 * i + 1] = delta.sum(axis=0)
+        np.matmul(delta.T, acts[i], out=grads[2 * i])
+        np.sum(delta, axis=0, out=grads[2 * i + 1])
         if i > 0:
             delta = (delta @ params[2 * i]) * (acts[i] > 0)
     return loss, grads
 
 
 class NumpyAdam:
-    """Adam (as ``torch.optim.Adam``, no weight decay) updating NumPy arrays in place.
+    """Adam (as ``torch.optim.Adam``, no weight decay) updating one NumPy array in place.
 
-    :param params: the arrays to update.
+    :param param: the (flat) array to update.
     :param lr: step size.
     :param betas: ``(beta1, beta2)``.
     :param eps: denominator term.
     """
 
-    def __init__(self, params: list[np.ndarray], lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
-        self.params = params
+    def __init__(self, param: np.ndarray, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
+        self.param = param
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
-        self.reset()
+        self.m = np.zeros_like(param)
+        self.v = np.zeros_like(param)
+        self._tmp = np.zeros_like(param)
+        self.t = 0
 
     def reset(self) -> None:
         """Forget the moments (a fresh optimizer)."""
         self.t = 0
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
+        self.m.fill(0.0)
+        self.v.fill(0.0)
 
-    def step(self, grads: list[np.ndarray]) -> None:
+    def step(self, grad: np.ndarray) -> None:
+        """One Adam step with gradient ``grad`` (same shape as the parameter)."""
         self.t += 1
         b1, b2 = self.betas
         bc1 = 1.0 - b1**self.t
         bc2_sqrt = math.sqrt(1.0 - b2**self.t)
-        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * g * g
-            p -= (self.lr / bc1) * m / (np.sqrt(v) / bc2_sqrt + self.eps)
+        m, v, tmp = self.m, self.v, self._tmp
+        m *= b1
+        m += (1.0 - b1) * grad
+        v *= b2
+        np.multiply(grad, grad, out=tmp)
+        tmp *= 1.0 - b2
+        v += tmp
+        np.sqrt(v, out=tmp)
+        tmp *= 1.0 / bc2_sqrt
+        tmp += self.eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= self.lr / bc1
+        self.param -= tmp
 
 
 class SupervisedRegressor:
@@ -160,7 +171,15 @@ class SupervisedRegressor:
         in_dim = int(np.prod(self.observation_space.shape))
         out_dim = int(np.prod(self.action_space.shape))
         self.policy = MlpRegressorPolicy(in_dim, out_dim, net_arch)
-        self.optimizer = NumpyAdam(self.policy.numpy_params(), learning_rate, (betas[0], betas[1]))
+        # learn() works on one flat copy of the weights (one array for Adam to update), with
+        # per-layer views of it and of a flat gradient buffer, and writes the result back.
+        n_params = sum(p.numel() for p in self.policy.parameters())
+        self._flat = np.zeros(n_params, dtype=np.float32)
+        self._flat_grad = np.zeros(n_params, dtype=np.float32)
+        shapes = [tuple(p.shape) for p in self.policy.parameters()]
+        self._work = _views(self._flat, shapes)
+        self._grads = _views(self._flat_grad, shapes)
+        self.optimizer = NumpyAdam(self._flat, learning_rate, (betas[0], betas[1]))
         self.num_timesteps = 0
         self._n_updates = 0
         self.ep_info_buffer: deque[dict[str, float]] = deque(maxlen=100)
@@ -182,14 +201,18 @@ class SupervisedRegressor:
             self.num_timesteps = 0
             self.optimizer.reset()
             self.ep_info_buffer.clear()
-        params = self.optimizer.params
+        params = self.policy.numpy_params()
+        for work, param in zip(self._work, params, strict=True):
+            work[...] = param
         for _ in range(math.ceil(int(total_timesteps) / self.batch_size)):
             x, y = self.env.training_batch(self._rng, self.batch_size)
-            loss, grads = mlp_forward_backward(params, x, y)
-            self.optimizer.step(grads)
+            loss, _ = mlp_forward_backward(self._work, x, y, self._grads)
+            self.optimizer.step(self._flat_grad)
             self.ep_info_buffer.append({"r": -loss, "l": len(x)})
             self.num_timesteps += len(x)
             self._n_updates += 1
+        for work, param in zip(self._work, params, strict=True):
+            param[...] = work
         return self
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
@@ -198,7 +221,7 @@ class SupervisedRegressor:
         obs = np.asarray(observation, dtype=np.float32)
         single = obs.ndim == len(self.observation_space.shape)
         x = obs.reshape(1, -1) if single else obs.reshape(obs.shape[0], -1)
-        params = self.optimizer.params
+        params = self.policy.numpy_params()
         h = x
         for i in range(len(params) // 2):
             h = h @ params[2 * i].T + params[2 * i + 1]
@@ -235,6 +258,16 @@ class SupervisedRegressor:
         model = cls(env=env, **kwargs)
         model.policy.load_state_dict(saved["policy"])
         return model
+
+
+def _views(flat: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Consecutive views of ``flat`` with the given shapes."""
+    out, offset = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(flat[offset : offset + size].reshape(shape))
+        offset += size
+    return out
 
 
 __all__ = ["MlpRegressorPolicy", "NumpyAdam", "SupervisedRegressor", "mlp_forward_backward"]
