@@ -99,7 +99,8 @@ class TaskSwitchingEnv(gym.Env):
         return obs, {**info, "task": self.task_info}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        return self._env.step(action)
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        return obs, float(reward), terminated, truncated, info
 
     def close(self) -> None:
         self._env.close()

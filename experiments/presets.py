@@ -123,6 +123,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "meta_lr": 1.0,
         "ignored_layers": ["log_std"],
     },
+    # CartPole with random physics, the FACTS.md setting (smaller): PPO with Adam 3e-4, 10 epochs,
+    # four rollouts per task, five tasks per step, plain averaging.
+    "cartpole_adam3e-4": {
+        "family": "cartpole",
+        "rl_algo_kwargs": _ppo(512, 64, 10, 3e-4),
+        "inner_rollouts": 4,
+        "task_batch_size": 5,
+        "meta_lr": 1.0,
+        "ignored_layers": [],
+    },
 }
 
 #: Multi-task baseline: plain PPO with SB3's usual optimizer (Adam 3e-4), the preset's architecture.

@@ -61,6 +61,8 @@ def test_scaling_times_every_implementation_side_by_side(ray_session, tmp_path):
         ):
             assert positive(entry[key]), (label, key, entry[key])
         assert entry["construct_seconds"] >= 0
+        if label != "ray_remote":  # worker pids of the plain ray.remote calls are not known
+            assert len(entry["worker_nice"]) == 1 and isinstance(entry["worker_nice"][0], int)
     targets = {t["name"]: t for t in report["targets"]}
     assert set(targets) == {"ray2_vs_serial", "ray2_vs_pool"}
     assert all(t["status"] == "n/a" for t in targets.values())  # no 2-worker group in this run

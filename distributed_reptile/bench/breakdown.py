@@ -1,7 +1,8 @@
 """Breakdown: where a task's time goes on the Ray backend, and how much memory each process holds.
 
 Per task, from the timings the runner and the learner record (``AdaptedResult.timings``):
-weight fetch, env build, model ready (meta weights loaded, optimizer and buffers reset), learn, and
+weight fetch, env build, model ready (meta weights loaded, optimizer and buffers reset), learn, the
+rest of the task (``total`` minus those: copying the adapted weights out, any evaluation), and
 queue wait + result transfer (``round_trip - total - weight_fetch``). The first task each worker
 gets in an outer step waits in no queue, so the median of that remainder over those tasks
 estimates dispatch + transfer; the rest of other tasks' remainder is queue wait (the runner keeps
@@ -38,6 +39,7 @@ COMPONENTS = (
     "env_build",
     "model_ready",
     "learn",
+    "rest_of_task",
     "queue_wait",
     "dispatch_transfer",
 )
@@ -67,6 +69,13 @@ def task_rows(records: list[dict[str, Any]], workers: int) -> list[dict[str, Any
                             "round_trip",
                         )
                     },
+                    "rest_of_task": max(
+                        t["total"]
+                        - t.get("env_build", 0.0)
+                        - t.get("model_ready", 0.0)
+                        - t.get("learn", 0.0),
+                        0.0,
+                    ),
                     "queue_plus_transfer": t["round_trip"]
                     - t["total"]
                     - t.get("weight_fetch", 0.0),

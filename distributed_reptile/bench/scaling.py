@@ -10,9 +10,12 @@ separately.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from typing import Any
+
+import psutil
 
 from distributed_reptile.bench.common import (
     BenchInputError,
@@ -45,6 +48,8 @@ class _Trainer:
         t0 = time.perf_counter()
         self.meta = ReptileMetaRL(**workload.trainer_kwargs(backend, num_workers=workers))
         self.construct_seconds = time.perf_counter() - t0
+        info = getattr(self.meta.runner, "worker_info", [{"pid": os.getpid()}])
+        self.worker_nice = process_niceness([w["pid"] for w in info])
 
     def step(self) -> int:
         self.meta.learn(outer_steps=self.meta.num_outer_steps + 1, reset_num_timesteps=False)
@@ -81,6 +86,9 @@ class _ReferenceLoop:
             workload.seed,
         )
         self.construct_seconds = time.perf_counter() - t0
+        pool = getattr(self.impl, "pool", None)
+        pids = [p.pid for p in getattr(pool, "_pool", [])]
+        self.worker_nice = process_niceness(pids) if pids else None
 
     def step(self) -> int:
         b = self.workload.task_batch_size
@@ -90,6 +98,18 @@ class _ReferenceLoop:
 
     def close(self) -> None:
         self.impl.close()
+
+
+def process_niceness(pids: list[int]) -> list[int | None]:
+    """The nice value of each process (Ray starts its workers at 15 unless ``RAY_worker_niceness``
+    says otherwise; on a shared machine that decides how much CPU they get)."""
+    out: list[int | None] = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid).nice())
+        except psutil.Error:
+            out.append(None)
+    return out
 
 
 def _time_step(impl: Any) -> tuple[float, int, float]:
@@ -130,6 +150,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step (the local Ray instance this run started, its workers, Pool children): on a busy "
         "machine wall time stretches but CPU seconds per task barely move; a joined cluster's "
         "processes are not counted",
+        "worker_nice": "nice value of each worker process (Ray's default for its workers is 15; "
+        "RAY_worker_niceness in the environment of the process that starts Ray changes it)",
+        "ray_worker_niceness_env": os.environ.get("RAY_worker_niceness"),
         "ray_remote": "benchmarks/reptile_reference.py RayRemoteReference: a ray.remote call per task, "
         "a fresh PPO per task, at most k in flight",
     }
@@ -224,6 +247,7 @@ def _run_group(
         out["implementations"][impl.label] = {
             "workers": 1 if impl is serial else k,
             "construct_seconds": impl.construct_seconds,
+            "worker_nice": impl.worker_nice,
             "warmup_seconds": warmup.get(impl.label),
             "step_seconds": times[impl.label],
             "env_steps_per_outer_step": env_steps[impl.label],

@@ -7,6 +7,12 @@ a 50-point grid over ``[-5, 5]`` after 0 and after 32 Adam steps on each task's 
 support set, from the meta-init and from the random init the run started from. It writes
 ``sine.json`` (MSE with 95% t-intervals, paired differences, wall times and where the time went),
 ``sine.png`` (two panels: before / after meta-training) and the final checkpoint.
+
+The task, network, inner loop (32 Adam steps, lr 1e-3, betas (0, 0.999), batches of 10) and
+evaluation are the paper's. The outer loop differs by default, to reach a lower MSE in the same
+wall time: 6000 outer steps of 5 tasks, the Reptile direction applied through SGD with momentum
+0.9 and a step annealed linearly from 0.4 to 0. The paper's outer loop (a constant meta step of
+0.1, 2000 outer steps) is ``--outer-steps 2000 --meta-optimizer none --meta-lr 0.1 --meta-lr-end 0.1``.
 """
 
 from __future__ import annotations
@@ -21,12 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
 
 from distributed_reptile.sine.env import GRID_POINTS, SUPPORT_SIZE, make_sine_task
-
-#: The paper's protocol (FACTS: the original serial trainer, 2000 outer steps: 1.25 MSE in ~105 s).
-PAPER_OUTER_STEPS = 2000
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m distributed_reptile.sine", description=__doc__,
@@ -34,11 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (sine.json, sine.png, checkpoint)")
     parser.add_argument("--outer-steps", type=int, default=6000, help="meta-updates")
     parser.add_argument("--task-batch-size", type=int, default=5, help="tasks per outer step")
-    parser.add_argument("--meta-lr", type=float, default=0.1, help="meta step size at the first outer step")
-    parser.add_argument("--meta-lr-end", type=float, default=None,
-                        help="meta step size at the last outer step (linear schedule; default: constant)")
-    parser.add_argument("--meta-optimizer", choices=["none", "adam"], default="none",
-                        help="apply the meta step with Adam (gradient: minus the mean adapted delta)")
+    parser.add_argument("--meta-lr", type=float, default=0.4, help="meta step size at the first outer step")
+    parser.add_argument("--meta-lr-end", type=float, default=0.0,
+                        help="meta step size at the last outer step (linear schedule); "
+                             "equal to --meta-lr for a constant one")
+    parser.add_argument("--meta-optimizer", choices=["none", "adam", "momentum"], default="momentum",
+                        help="apply the meta step with Adam or SGD with momentum (gradient: minus the "
+                             "mean adapted delta); none: phi += meta_lr * mean delta")
+    parser.add_argument("--meta-momentum", type=float, default=0.9, help="momentum of --meta-optimizer momentum")
     parser.add_argument("--inner-updates", type=int, default=32, help="Adam steps per task in the inner loop")
     parser.add_argument("--batch-size", type=int, default=10, help="points per Adam step")
     parser.add_argument("--inner-lr", type=float, default=1e-3, help="Adam step size (betas 0, 0.999)")
@@ -145,20 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     learner_kwargs = {"learning_rate": args.inner_lr, "betas": (0.0, 0.999), "batch_size": args.batch_size,
                       "net_arch": (64, 64)}
-    meta_lr: Any = args.meta_lr if args.meta_lr_end is None else linear_schedule(args.meta_lr, args.meta_lr_end)
+    constant = args.meta_lr_end is None or args.meta_lr_end == args.meta_lr
+    meta_lr: Any = args.meta_lr if constant else linear_schedule(args.meta_lr, args.meta_lr_end)
     callbacks = [StopOnWallClock(args.max_train_seconds)] if args.max_train_seconds else []
     phases: dict[str, float] = {}
     t0 = time.perf_counter()
     with ReptileMetaRL(
         tasks_generator_cls=TaskGenerator,
         tasks_generator_params={"task_callable": make_sine_task, "history": False},
-        rl_algorithm=SupervisedRegressor,
+        rl_algorithm=SupervisedRegressor,  # type: ignore[arg-type]  # SB3-like, not a BaseAlgorithm
         rl_algo_kwargs={"policy": "MlpRegressor", "device": "cpu", **learner_kwargs},
         inner_steps=args.inner_updates * args.batch_size,
         outer_steps=args.outer_steps,
         task_batch_size=args.task_batch_size,
         meta_lr=meta_lr,
-        use_meta_optimizer=args.meta_optimizer == "adam",
+        use_meta_optimizer=args.meta_optimizer != "none",
+        meta_optimizer_cls=th.optim.SGD if args.meta_optimizer == "momentum" else th.optim.Adam,
+        meta_optimizer_kwargs={"momentum": args.meta_momentum} if args.meta_optimizer == "momentum" else None,
         num_workers=args.num_workers,
         backend=args.backend,
         seed=args.seed,
@@ -197,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "network": "1-64-64-1 ReLU MLP",
             "inner_loop": f"{args.inner_updates} Adam steps (lr {args.inner_lr}, betas (0, 0.999)) on "
                           f"batches of {args.batch_size} fresh points",
-            "meta_lr": args.meta_lr if args.meta_lr_end is None else [args.meta_lr, args.meta_lr_end],
+            "meta_lr": args.meta_lr if constant else [args.meta_lr, args.meta_lr_end],
             "meta_optimizer": args.meta_optimizer,
             "task_batch_size": args.task_batch_size,
             "outer_steps": outer_done,
