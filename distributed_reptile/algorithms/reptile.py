@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch as th
@@ -27,22 +28,26 @@ class ReptileMetaRL(BaseMetaAlgorithm):
         params = {
             n: p for n, p in self.meta_policy.named_parameters() if n not in self.ignored_params
         }
+        # One buffer per parameter: the adapted weights are summed in place, in task order, and
+        # phi is subtracted once at the end, so the driver holds one extra copy of the weights
+        # plus the few results in flight.
         sums = {n: th.zeros_like(p) for n, p in params.items()}
         count = 0
         # The results iterator may run inner loops in this process (serial backend): it must not be
         # consumed under no_grad, so only the arithmetic below is.
         for result in results:
-            with th.no_grad(), warnings.catch_warnings():
+            with th.no_grad(), warnings.catch_warnings(), _single_thread():
                 warnings.simplefilter("ignore", UserWarning)  # read-only zero-copy arrays from Ray
                 for name, param in params.items():
-                    adapted = th.as_tensor(np.asarray(result.weights[name]), device=param.device)
-                    sums[name].add_(adapted - param)
+                    sums[name].add_(
+                        th.as_tensor(np.asarray(result.weights[name]), device=param.device)
+                    )
             count += 1
         if count == 0:
             self._last_update_norm = 0.0
             return
-        with th.no_grad():
-            mean_deltas = {n: s.div_(count) for n, s in sums.items()}
+        with th.no_grad(), _single_thread():
+            mean_deltas = {n: s.div_(count).sub_(params[n]) for n, s in sums.items()}
             if self.meta_optimizer is None:
                 for name, param in params.items():
                     param.add_(mean_deltas[name], alpha=meta_lr)
@@ -52,12 +57,28 @@ class ReptileMetaRL(BaseMetaAlgorithm):
         before = {n: p.detach().clone() for n, p in params.items()}
         self.meta_optimizer.zero_grad(set_to_none=True)
         for name, param in params.items():
-            param.grad = -mean_deltas[name]
+            param.grad = mean_deltas[name].neg_()
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
         with th.no_grad():
-            self._last_update_norm = _norm(p - before[n] for n, p in params.items())
+            self._last_update_norm = _norm(p.sub(before[n]) for n, p in params.items())
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """Element-wise folds are memory-bound: one torch thread is faster and steadier than several."""
+    previous = th.get_num_threads()
+    if previous != 1:
+        th.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous != 1:
+            th.set_num_threads(previous)
 
 
 def _norm(tensors: Iterable[th.Tensor]) -> float:
-    return float(np.sqrt(sum(float((t.double() ** 2).sum()) for t in tensors)))
+    """Euclidean norm over several tensors, accumulated in double without full-size temporaries."""
+    return float(
+        np.sqrt(sum(float(th.linalg.vector_norm(t, dtype=th.float64)) ** 2 for t in tensors))
+    )

@@ -353,7 +353,11 @@ class _Batch:
         refs = list(self.inflight) + list(starting)
         if not refs:
             return
-        ready, _ = ray.wait(refs, num_returns=1, timeout=self._next_deadline())
+        ready, rest = ray.wait(refs, num_returns=1, timeout=self._next_deadline())
+        if ready and rest:
+            # everything else already done, in one call instead of one wait per result
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
         for ref in ready:
             if ref in starting:
                 idx = starting[ref]
