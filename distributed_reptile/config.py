@@ -146,6 +146,8 @@ class LearnConfig(_Strict):
     progress_bar: bool = False
     keep_last: PositiveInt | None = None
     time_budget_s: PositiveFloat | None = None
+    eval_freq: NonNegativeInt = 0
+    eval_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TuneSection(_Strict):

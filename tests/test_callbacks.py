@@ -136,3 +136,10 @@ def test_every_task_env_is_closed_also_on_failure():
         with pytest.raises(RuntimeError, match="env failure"):
             meta.learn()
     assert sorted(OPENED) == sorted(CLOSED)
+
+
+def test_eval_freq_runs_the_meta_test_evaluation_into_the_step_record():
+    with ReptileMetaRL(**cartpole_kwargs(outer_steps=2, task_batch_size=2)) as meta:
+        meta.learn(eval_freq=2, eval_kwargs={"n_tasks": 2, "budgets": [0, 1], "episodes": 1})
+    assert "eval" not in meta.step_records[0]
+    assert "eval" in meta.step_records[1]

@@ -471,6 +471,8 @@ class BaseMetaAlgorithm(ABC):
         progress_bar: bool = False,
         keep_last: int | None = None,
         callback: MaybeCallback = None,
+        eval_freq: int = 0,
+        eval_kwargs: dict[str, Any] | None = None,
     ) -> SelfMeta:
         """Meta-train: ``outer_steps`` meta-updates of ``task_batch_size`` inner loops each.
 
@@ -492,6 +494,9 @@ class BaseMetaAlgorithm(ABC):
         :param keep_last: keep only the newest ``keep_last`` checkpoints (``None``: keep all).
         :param callback: a :class:`~distributed_reptile.callbacks.MetaCallback`, a list of them or a
             ``CallbackList``; ``on_outer_step_end`` returning ``False`` stops the run after that step.
+        :param eval_freq: meta-test evaluation on held-out tasks every ``eval_freq`` outer steps
+            (0: never), through :class:`~distributed_reptile.evaluation.MetaEvalCallback`.
+        :param eval_kwargs: that callback's arguments (family, n_tasks, budgets, episodes...).
         :return: self
         """
         if outer_steps is not None:
@@ -533,7 +538,13 @@ class BaseMetaAlgorithm(ABC):
 
             bar = tqdm(total=self.outer_steps, initial=self.num_outer_steps, unit="outer step")
         self._bar = bar
+        if eval_freq < 0:
+            raise ValueError(f"eval_freq must be >= 0, got {eval_freq}.")
         callbacks = to_callback(callback)
+        if eval_freq > 0:
+            from distributed_reptile.evaluation import MetaEvalCallback
+
+            callbacks.callbacks.append(MetaEvalCallback(eval_freq, **(eval_kwargs or {})))
         checkpointer = None
         if save_freq > 0:
             assert save_path is not None
