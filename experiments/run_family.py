@@ -2,10 +2,11 @@
 
 One command gives the table of a README row: for each training seed, Reptile meta-training
 (``ReptileMetaRL``, inner loops on Ray workers), then the multi-task baseline (plain PPO on a new
-training task every episode, as many env steps as that seed's meta-training run; trained as Ray
-tasks, two at a time), then the evaluation of the meta-inits, the random inits (the weights each
-meta-training run started from) and the multi-task baselines on the same held-out tasks, budgets
-and seeds, through the same kind of Ray workers. Writes ``evaluation.{json,png,md}`` and
+training task every episode, as many env steps as a meta-training run; trained as Ray
+tasks that start with the meta-training and share the machine with it, so no core sits idle), then
+the evaluation of the meta-inits, the random inits (the weights each meta-training run started
+from) and the multi-task baselines on the same held-out tasks, budgets and seeds, through the same
+kind of Ray workers. Writes ``evaluation.{json,png,md}`` and
 ``summary.json`` (settings, env steps, wall time of each phase) in ``--out``.
 
 Example (2D navigation, 3 seeds)::
@@ -83,13 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_root = Path(args.checkpoints or os.path.join("runs", "experiments", out.name))
     t_start = time.perf_counter()
-    if args.backend == "ray":
-        ensure_ray(num_cpus=args.num_workers, ray_init_kwargs={"log_to_driver": False})
-    summary: dict[str, Any] = {"preset": args.preset, "family": family, "seeds": args.seeds,
-                               "outer_steps": args.outer_steps, "phases": {}, "runs": []}
     rollout = int(preset["rl_algo_kwargs"]["n_steps"])
     inner_steps = preset["inner_rollouts"] * rollout
-
+    planned_steps = args.outer_steps * preset["task_batch_size"] * inner_steps
+    mt_kwargs = multitask_kwargs(preset)
+    mt_jobs = [
+        (family, mt_kwargs, planned_steps, seed, str((ckpt_root / f"multitask_seed{seed}.zip").resolve()))
+        for seed in args.seeds
+    ]
+    mt_refs: list[Any] = []
+    if args.backend == "ray":
+        # Logical CPUs: the learner actors plus one per multi-task job, which run alongside.
+        extra = 0 if args.no_multitask else len(args.seeds)
+        ensure_ray(num_cpus=args.num_workers + extra, ray_init_kwargs={"log_to_driver": False})
+        if not args.no_multitask:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            remote = ray.remote(num_cpus=1)(_train_multitask_remote)
+            mt_refs = [remote.remote(*job) for job in mt_jobs]
+    summary: dict[str, Any] = {"preset": args.preset, "family": family, "seeds": args.seeds,
+                               "outer_steps": args.outer_steps, "phases": {}, "runs": []}
     meta_weights, random_weights = [], []
     t_phase = time.perf_counter()
     for seed in args.seeds:
@@ -132,18 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     inits: dict[str, list[Any]] = {"meta": meta_weights, "random": random_weights}
     if not args.no_multitask:
         t_phase = time.perf_counter()
-        mt_kwargs = multitask_kwargs(preset)
-        jobs = [(family, mt_kwargs, run["env_steps"], run["seed"],
-                 str((ckpt_root / f"multitask_seed{run['seed']}.zip").resolve())) for run in summary["runs"]]
         if args.backend == "ray":
-            remote = ray.remote(num_cpus=1)(_train_multitask_remote)
-            results = ray.get([remote.remote(*job) for job in jobs])
+            results = ray.get(mt_refs)
         else:
-            results = [_train_multitask_remote(*job) for job in jobs]
+            results = [_train_multitask_remote(*job) for job in mt_jobs]
         inits["multitask"] = [r["weights"] for r in results]
-        summary["multitask"] = {"kwargs": repr(mt_kwargs),
-                                "runs": [{k: v for k, v in r.items() if k != "weights"} for r in results]}
-        summary["phases"]["multitask_training"] = time.perf_counter() - t_phase
+        summary["multitask"] = {
+            "kwargs": repr(mt_kwargs),
+            "runs": [{k: v for k, v in r.items() if k != "weights"} for r in results],
+            "meta_env_steps": [run["env_steps"] for run in summary["runs"]],
+        }
+        summary["phases"]["multitask_training_after_meta"] = time.perf_counter() - t_phase
 
     t_phase = time.perf_counter()
     runner = build_eval_runner(PPO, preset["rl_algo_kwargs"], backend=args.backend, num_workers=args.num_workers)

@@ -66,14 +66,14 @@ class BatchedRayRunner:
             ray.kill(actor, no_restart=True)
 
 
-def run_variant(variant: str, outer_steps: int, seed: int) -> dict[str, Any]:
+def run_variant(variant: str, outer_steps: int, seed: int, task_batch_size: int = 5) -> dict[str, Any]:
     backend = "serial" if variant == "serial" else "ray"
     with ReptileMetaRL(
         tasks_generator_cls=TaskGenerator,
         tasks_generator_params={"task_callable": make_sine_task, "history": False},
         rl_algorithm=SupervisedRegressor,
         rl_algo_kwargs={"policy": "MlpRegressor", "device": "cpu"},
-        inner_steps=320, outer_steps=outer_steps, task_batch_size=5, meta_lr=0.1,
+        inner_steps=320, outer_steps=outer_steps, task_batch_size=task_batch_size, meta_lr=0.1,
         num_workers=2, backend=backend, seed=seed,
     ) as meta:
         if variant == "ray_batched":
@@ -93,6 +93,7 @@ def run_variant(variant: str, outer_steps: int, seed: int) -> dict[str, Any]:
         "variant": variant,
         "wall_seconds": wall,
         "outer_steps": outer_steps,
+        "tasks_per_second": outer_steps * task_batch_size / wall,
         "median_ms": {
             "outer_step": med([r["step_seconds"] for r in records]),
             "sample_tasks": med([r["sample_seconds"] for r in records]),
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outer-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--task-batch-size", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=["serial", "ray", "ray_batched"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for rep in range(args.repeats):
         for variant in args.variants:
-            res = run_variant(variant, args.outer_steps, seed=0)
+            res = run_variant(variant, args.outer_steps, seed=0, task_batch_size=args.task_batch_size)
+            res["task_batch_size"] = args.task_batch_size
             res["repeat"] = rep
             results.append(res)
             print(json.dumps(res), flush=True)

@@ -135,7 +135,7 @@ class SupervisedRegressor:
     :param batch_size: training points per Adam step.
     :param net_arch: hidden layer sizes.
     :param device: only ``"cpu"`` / ``"auto"`` (the arithmetic runs in NumPy).
-    :param seed: seed of the data sampling and of torch.
+    :param seed: seed of the data sampling.
     :param verbose: unused; accepted for SB3 compatibility.
     """
 
@@ -237,11 +237,10 @@ class SupervisedRegressor:
         return self.env
 
     def set_random_seed(self, seed: int | None = None) -> None:
-        """Seed the batch sampling and torch."""
+        """Seed the batch sampling (the only randomness of ``learn``; torch draws none)."""
         if seed is None:
             return
         self._rng = np.random.default_rng(int(seed))
-        th.manual_seed(int(seed))
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy"], []
