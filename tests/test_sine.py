@@ -94,14 +94,14 @@ def test_sine_command_trains_on_ray_workers_writes_its_outputs_and_beats_the_ran
     out = tmp_path / "sine"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "distributed_reptile.sine", "--out", str(out), "--outer-steps", "300",
+        [sys.executable, "-m", "distributed_reptile.sine", "--out", str(out), "--outer-steps", "600",
          "--num-workers", "2", "--eval-tasks", "40"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "sine.json").read_text())
     assert (out / "sine.png").stat().st_size > 20_000
-    assert report["protocol"]["outer_steps"] == 300 and report["protocol"]["backend"] == "ray"
+    assert report["protocol"]["outer_steps"] == 600 and report["protocol"]["backend"] == "ray"
     assert report["timing"]["per_task_mean_seconds"]["round_trip"] is not None  # ran on Ray actors
     assert Path(report["outputs"]["checkpoint"]).is_dir()
     mse = report["mse"]
