@@ -201,6 +201,7 @@ class RunConfig(_Strict):
     max_task_retries: int = Field(3, ge=-1)
     task_retries: NonNegativeInt = 2
     task_timeout_s: PositiveFloat | None = None
+    tasks_per_call: PositiveInt | Literal["auto"] = 1
     connect_timeout_s: PositiveFloat | None = 30.0
     ray_init_kwargs: dict[str, Any] = Field(default_factory=dict)
     inner_learner_cls: ImportPath = "distributed_reptile:InnerLearner"
@@ -286,6 +287,7 @@ class RunConfig(_Strict):
             "max_task_retries": self.max_task_retries,
             "task_retries": self.task_retries,
             "task_timeout_s": self.task_timeout_s,
+            "tasks_per_call": self.tasks_per_call,
             "connect_timeout_s": self.connect_timeout_s,
             "ray_init_kwargs": dict(self.ray_init_kwargs),
             "inner_learner_cls": resolve_import_path(self.inner_learner_cls),

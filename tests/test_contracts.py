@@ -34,6 +34,11 @@ def test_serial_ray1_ray2_give_bit_identical_meta_weights(ray_session):
     ray2, ray2_records = _train(backend="ray", num_workers=2)
     assert_same_weights(serial, ray1)
     assert_same_weights(serial, ray2)
+    # Several tasks per actor call (the batch split over the workers, or three at a time).
+    auto, _ = _train(backend="ray", num_workers=2, tasks_per_call="auto")
+    three, _ = _train(backend="ray", num_workers=2, tasks_per_call=3)
+    assert_same_weights(serial, auto)
+    assert_same_weights(serial, three)
     assert [r["tasks"] for r in serial_records] == [r["tasks"] for r in ray2_records]
     # The meta weights did move, so the comparison is not between untouched initialisations.
     with ReptileMetaRL(**cartpole_kwargs()) as untrained:

@@ -279,6 +279,45 @@ def test_task_that_fails_once_is_rerun_and_the_run_matches_an_undisturbed_one(
         assert_same_weights(weights_of(meta), reference[0])
 
 
+def test_task_failing_inside_a_multi_task_call_is_rerun_alone_and_the_run_matches(
+    ray_session, reference, tmp_path
+):
+    # the last task of outer step 2, so that it is not the first of its call
+    fresh = [t for t in reference[1][1]["tasks"] if not t["revisit"]]
+    bad = fresh[-1]
+    assert bad["meta_step"] != reference[1][1]["tasks"][0]["meta_step"]
+    params = {
+        "task_callable": make_flaky_cartpole,
+        "task_callable_params": {
+            "bad_seeds": [bad["random_seed"]],
+            "log_path": str(tmp_path / "crashes.log"),
+            "once_marker": str(tmp_path / "crashed"),
+        },
+    }
+    # one worker, "auto": the whole batch of four goes in one call
+    kwargs = run_kwargs(tasks_generator_params=params, num_workers=1, tasks_per_call="auto")
+    with ReptileMetaRL(**kwargs) as meta:
+        meta.learn()
+        errors = events(meta, "error")
+        # the failed task is named (not the first of its call), and counted once
+        assert [(e["meta_step"], e["attempt"]) for e in errors] == [(bad["meta_step"], 1)]
+        assert_same_weights(weights_of(meta), reference[0])
+
+
+def test_worker_dying_inside_a_multi_task_call_is_replaced_and_the_run_matches(
+    ray_session, reference, tmp_path
+):
+    marker = tmp_path / "exited"
+    kwargs = run_kwargs(
+        inner_learner_cls=fault_learner("exit", marker), tasks_per_call=2, max_worker_restarts=0
+    )
+    with ReptileMetaRL(**kwargs) as meta:
+        meta.learn()
+        assert ray_runner(meta).replacements >= 1
+        assert events(meta, "worker_lost")
+        assert_same_weights(weights_of(meta), reference[0])
+
+
 def test_serial_runner_reruns_a_failed_task_like_the_ray_runner(reference, tmp_path):
     bad = second_step_task(reference[1])
     log = tmp_path / "crashes.log"
@@ -338,6 +377,11 @@ def test_bad_runner_options_are_refused():
         RayRunner(factory, num_workers=1, task_retries=-1)
     with pytest.raises(ValueError, match="task_timeout_s must be a positive number of seconds"):
         RayRunner(factory, num_workers=1, task_timeout_s=0)
+    for bad in (0, "all", 1.5, True):
+        with pytest.raises(ValueError, match="tasks_per_call must be an integer >= 1 .* or 'auto'"):
+            RayRunner(factory, num_workers=1, tasks_per_call=bad)
+    with pytest.raises(ValueError, match="tasks_per_call must be"):
+        ReptileMetaRL(**cartpole_kwargs(tasks_per_call=0))
 
 
 # ---------------------------------------------------------------------- an address with no cluster

@@ -109,3 +109,15 @@ def test_sine_command_trains_on_ray_workers_writes_its_outputs_and_beats_the_ran
     # meta-init MSE after 32 steps is lower than the random init's, beyond the paired interval
     assert mse["meta_minus_random"]["after_adaptation"]["ci_high"] < 0
     assert mse["meta"]["after_adaptation"]["mean"] < mse["random"]["after_adaptation"]["mean"] - 0.5
+
+
+def test_sine_config_trains_through_the_train_command(tmp_path: Path):
+    from distributed_reptile.cli import main
+
+    rc = main(["train", str(REPO / "configs" / "sine.yaml"), "--output", str(tmp_path / "run"),
+               "--set", "outer_steps=3", "--set", "backend=serial", "--set", "learn.save_freq=0"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["outer_steps"] == 3 and summary["completed"] is True
+    assert summary["final_mean_return"] < 0  # minus the training loss
+    assert (tmp_path / "run" / "config.yaml").read_text().count("SupervisedRegressor") == 1

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-tasks", type=int, default=100)
     parser.add_argument("--eval-updates", type=int, default=32, help="Adam steps on the support set at evaluation")
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--tasks-per-call", default="auto",
+                        help="tasks per Ray actor call: an integer, or auto (the batch split evenly "
+                             "over the workers, one call each)")
     parser.add_argument("--backend", choices=["ray", "serial"], default="ray")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train-seconds", type=float, default=None,
@@ -169,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta_optimizer_cls=th.optim.SGD if args.meta_optimizer == "momentum" else th.optim.Adam,
         meta_optimizer_kwargs={"momentum": args.meta_momentum} if args.meta_optimizer == "momentum" else None,
         num_workers=args.num_workers,
+        tasks_per_call=args.tasks_per_call if args.tasks_per_call == "auto" else int(args.tasks_per_call),
         backend=args.backend,
         seed=args.seed,
         ray_init_kwargs={"log_to_driver": False},
@@ -214,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{args.eval_updates} Adam steps on one fixed {SUPPORT_SIZE}-point support set",
             "backend": args.backend,
             "num_workers": args.num_workers,
+            "tasks_per_call": args.tasks_per_call,
             "seed": args.seed,
         },
         "mse": mse,
