@@ -88,7 +88,10 @@ class TaskSwitchingEnv(gym.Env):
         if not self._fresh:
             self._env.close()
             self._env = self._next_task()
-            if self._env.observation_space != self.observation_space or self._env.action_space != self.action_space:
+            if (
+                self._env.observation_space != self.observation_space
+                or self._env.action_space != self.action_space
+            ):
                 raise ValueError(
                     f"Task {self.task_info} has spaces that differ from the first task's: every task of "
                     "a family must share observation and action spaces."
@@ -140,7 +143,9 @@ def train_multitask(
     device = kwargs.pop("device", "cpu")
     kwargs.pop("seed", None)
     set_random_seed(int(seed))
-    model = rl_algorithm(env=env, policy=policy, device=device, seed=int(seed), verbose=verbose, **kwargs)
+    model = rl_algorithm(
+        env=env, policy=policy, device=device, seed=int(seed), verbose=verbose, **kwargs
+    )
     if tensorboard_log is not None:
         model.set_logger(configure(tensorboard_log, ["tensorboard"]))
     elif verbose == 0:
@@ -184,14 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m distributed_reptile.baselines",
         description="Train the multi-task baseline (plain SB3, a new training task every episode).",
     )
-    parser.add_argument("checkpoint", nargs="?", default=None,
-                        help="meta-training checkpoint: family, learner, architecture and env steps are read from it")
-    parser.add_argument("--family", default=None, help="built-in family name (needed without a checkpoint)")
-    parser.add_argument("--algo", default="PPO", help="SB3 algorithm name without a checkpoint (PPO, A2C, SAC...)")
-    parser.add_argument("--algo-kwargs", default=None,
-                        help="JSON keyword arguments of the algorithm; they replace the checkpoint's")
-    parser.add_argument("--timesteps", type=int, default=None,
-                        help="env steps (default: those of the checkpoint's meta-training run)")
+    parser.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="meta-training checkpoint: family, learner, architecture and env steps are read from it",
+    )
+    parser.add_argument(
+        "--family", default=None, help="built-in family name (needed without a checkpoint)"
+    )
+    parser.add_argument(
+        "--algo", default="PPO", help="SB3 algorithm name without a checkpoint (PPO, A2C, SAC...)"
+    )
+    parser.add_argument(
+        "--algo-kwargs",
+        default=None,
+        help="JSON keyword arguments of the algorithm; they replace the checkpoint's",
+    )
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        default=None,
+        help="env steps (default: those of the checkpoint's meta-training run)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="path of the saved SB3 model (.zip)")
     parser.add_argument("--tensorboard-log", default=None)
@@ -217,21 +237,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         algo = getattr(stable_baselines3, args.algo, None)
         if algo is None:
-            raise SystemExit(f"Unknown SB3 algorithm {args.algo!r}: use PPO, A2C, SAC, TD3, DQN or DDPG.")
+            raise SystemExit(
+                f"Unknown SB3 algorithm {args.algo!r}: use PPO, A2C, SAC, TD3, DQN or DDPG."
+            )
         family, algo_kwargs, timesteps = args.family, {"policy": "MlpPolicy"}, args.timesteps
     if args.algo_kwargs:
         algo_kwargs = {**algo_kwargs, **json.loads(args.algo_kwargs)}
     t0 = time.perf_counter()
     model = train_multitask(
-        family, algo, algo_kwargs, int(timesteps), seed=args.seed, task_params=task_params,
-        tensorboard_log=args.tensorboard_log, verbose=args.verbose,
+        family,
+        algo,
+        algo_kwargs,
+        int(timesteps),
+        seed=args.seed,
+        task_params=task_params,
+        tensorboard_log=args.tensorboard_log,
+        verbose=args.verbose,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    print(json.dumps({"out": str(out), "env_steps": int(model.num_timesteps),
-                      "tasks_drawn": model.get_env().get_attr("tasks_drawn")[0],
-                      "seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "env_steps": int(model.num_timesteps),
+                "tasks_drawn": model.get_env().get_attr("tasks_drawn")[0],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
     return 0
 
 

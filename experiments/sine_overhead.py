@@ -6,8 +6,8 @@ with three runners and prints the median outer-step time and its parts:
 
 * ``serial``: every inner loop in the driver;
 * ``ray``: the library's ``RayRunner`` (one actor call per task, two queued per actor);
-* ``ray_batched``: a prototype runner in this file that sends each actor one call per outer step
-  holding all of its tasks (contiguous chunks of the batch), so the per-call cost is paid once per
+* ``ray_auto``: the same with ``tasks_per_call="auto"``: each actor gets one call per outer step
+  holding its share of the batch (contiguous chunks), so the per-call cost is paid once per
   worker and step instead of once per task.
 
 Variants are interleaved and repeated, because the machine is shared. Usage::
@@ -22,48 +22,13 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from distributed_reptile import ReptileMetaRL, TaskGenerator
-from distributed_reptile.inner.learner import AdaptedResult, TaskJob
-from distributed_reptile.runners.ray_pool import LearnerActor
 from distributed_reptile.sine import SupervisedRegressor, make_sine_task
-from distributed_reptile.weights import NumpyWeights
-
-
-class BatchedLearnerActor(LearnerActor):
-    """The library's actor body plus one method that runs several jobs in one call."""
-
-    def run_many(self, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]) -> list[AdaptedResult]:
-        weights = ray.get(boxed_weights[0])
-        return [self.learner.run(job, weights) for job in jobs]
-
-
-class BatchedRayRunner:
-    """Prototype: one actor call per worker and outer step, carrying a contiguous chunk of jobs."""
-
-    def __init__(self, learner_factory: Any, num_workers: int) -> None:
-        self.num_workers = num_workers
-        actor_cls = ray.remote(BatchedLearnerActor).options(num_cpus=1)
-        self.actors = [actor_cls.remote(learner_factory) for _ in range(num_workers)]
-        ray.get([a.ready.remote() for a in self.actors])
-
-    def run_batch(self, jobs: list[TaskJob], meta_weights: NumpyWeights) -> Iterator[AdaptedResult]:
-        ref = ray.put(meta_weights)
-        ordered = sorted(jobs, key=lambda j: j.index)
-        size = -(-len(ordered) // self.num_workers)
-        chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        refs = [actor.run_many.remote(chunk, [ref]) for actor, chunk in zip(self.actors, chunks, strict=False)]
-        for chunk_ref in refs:  # chunks are contiguous: yielding them in order keeps task order
-            yield from ray.get(chunk_ref)
-
-    def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
 
 
 def run_variant(variant: str, outer_steps: int, seed: int, task_batch_size: int = 5) -> dict[str, Any]:
@@ -75,10 +40,8 @@ def run_variant(variant: str, outer_steps: int, seed: int, task_batch_size: int 
         rl_algo_kwargs={"policy": "MlpRegressor", "device": "cpu"},
         inner_steps=320, outer_steps=outer_steps, task_batch_size=task_batch_size, meta_lr=0.1,
         num_workers=2, backend=backend, seed=seed,
+        tasks_per_call="auto" if variant == "ray_auto" else 1,
     ) as meta:
-        if variant == "ray_batched":
-            meta._runner.close()  # noqa: SLF001 - swapping in the prototype runner for the measurement
-            meta._runner = BatchedRayRunner(meta._learner_factory(), 2)  # noqa: SLF001
         t0 = time.perf_counter()
         meta.learn()
         wall = time.perf_counter() - t0
@@ -111,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outer-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--task-batch-size", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["serial", "ray", "ray_batched"])
+    parser.add_argument("--variants", nargs="+", default=["serial", "ray", "ray_auto"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     from distributed_reptile.ray_utils import ensure_ray

@@ -87,9 +87,15 @@ def test_paired_difference_says_whether_the_interval_excludes_zero():
 
 
 # Per-task returns (seeds x tasks x budgets) whose statistics are worked out by hand below.
-META = np.array([[[-10, -5], [-20, -8], [-30, -12]], [[-12, -6], [-18, -9], [-33, -10]]], dtype=float)
-RANDOM = np.array([[[-11, -10], [-21, -19], [-29, -25]], [[-10, -9], [-19, -15], [-30, -28]]], dtype=float)
-MULTITASK = np.array([[[-10, -9], [-20, -18], [-31, -30]]], dtype=float)  # one seed, paired with each
+META = np.array(
+    [[[-10, -5], [-20, -8], [-30, -12]], [[-12, -6], [-18, -9], [-33, -10]]], dtype=float
+)
+RANDOM = np.array(
+    [[[-11, -10], [-21, -19], [-29, -25]], [[-10, -9], [-19, -15], [-30, -28]]], dtype=float
+)
+MULTITASK = np.array(
+    [[[-10, -9], [-20, -18], [-31, -30]]], dtype=float
+)  # one seed, paired with each
 
 
 def _scipy_interval(values: list[float]) -> tuple[float, float]:
@@ -111,14 +117,18 @@ def test_summarize_gives_the_hand_computed_means_intervals_and_paired_difference
     mean, half = _scipy_interval([-5, -8, -12, -6, -9, -10])
     assert row["mean"] == pytest.approx(-50 / 6) == pytest.approx(mean)
     assert row["half_width"] == pytest.approx(half, rel=1e-9)
-    assert row["ci_low"] == pytest.approx(mean - half) and row["ci_high"] == pytest.approx(mean + half)
+    assert row["ci_low"] == pytest.approx(mean - half) and row["ci_high"] == pytest.approx(
+        mean + half
+    )
     assert row["n"] == 6
     assert row["seed_means"] == pytest.approx([-25 / 3, -25 / 3])
 
     # meta - random at budget 1, unit by unit: 5, 11, 13, 3, 6, 18
     diff = report["paired"]["meta - random"][1]
     mean, half = _scipy_interval([5, 11, 13, 3, 6, 18])
-    assert diff["mean"] == pytest.approx(56 / 6) and diff["half_width"] == pytest.approx(half, rel=1e-9)
+    assert diff["mean"] == pytest.approx(56 / 6) and diff["half_width"] == pytest.approx(
+        half, rel=1e-9
+    )
     assert diff["excludes_zero"] and diff["sign"] == 1
     # across seeds: seed means of the differences 29/3 and 27/3
     mean, half = _scipy_interval([29 / 3, 27 / 3])
@@ -133,7 +143,9 @@ def test_summarize_gives_the_hand_computed_means_intervals_and_paired_difference
     # gain from adaptation of meta: budget 1 minus budget 0 per unit: 5, 12, 18, 6, 9, 23
     gain = report["inits"]["meta"]["adaptation_gain"][1]
     mean, half = _scipy_interval([5, 12, 18, 6, 9, 23])
-    assert gain["mean"] == pytest.approx(73 / 6) and gain["half_width"] == pytest.approx(half, rel=1e-9)
+    assert gain["mean"] == pytest.approx(73 / 6) and gain["half_width"] == pytest.approx(
+        half, rel=1e-9
+    )
     assert report["inits"]["meta"]["adaptation_gain"][0]["mean"] == 0.0
     assert np.array_equal(np.asarray(report["per_task"]["random"]), RANDOM)
 
@@ -211,20 +223,28 @@ def _trainer(**overrides: Any) -> ReptileMetaRL:
 
 def test_a_meta_init_trained_a_few_steps_beats_a_random_init():
     with _trainer() as meta:
-        random_init = {"random": [random_init_weights(PPO, TINY_PPO, make_corner_goal_task(0)[0], seed=5)]}
+        random_init = {
+            "random": [random_init_weights(PPO, TINY_PPO, make_corner_goal_task(0)[0], seed=5)]
+        }
         meta.learn()
         from distributed_reptile.weights import module_to_numpy
 
         specs = held_out_specs(make_corner_goal_task, 5)
         budgets = resolve_budgets(meta.meta_algo, rollouts=[0, 1])
         report = evaluate_inits(
-            meta.runner, {"meta": [module_to_numpy(meta.meta_policy)], **random_init}, specs, budgets,
+            meta.runner,
+            {"meta": [module_to_numpy(meta.meta_policy)], **random_init},
+            specs,
+            budgets,
             episodes=1,
         )
     for diff in report["paired"]["meta - random"]:
         # staying at the origin costs about -11; the meta-init has learned where the goals are
         assert diff["ci_low"] > 2.0, diff
-    assert report["inits"]["meta"]["budgets"][0]["mean"] > report["inits"]["random"]["budgets"][0]["mean"] + 3
+    assert (
+        report["inits"]["meta"]["budgets"][0]["mean"]
+        > report["inits"]["random"]["budgets"][0]["mean"] + 3
+    )
 
 
 def test_evaluation_on_ray_workers_equals_the_serial_evaluation(ray_session):
@@ -244,16 +264,36 @@ def test_evaluation_on_ray_workers_equals_the_serial_evaluation(ray_session):
 
 
 def test_cli_main_writes_the_json_and_png_report_of_a_checkpoint(tmp_path: Path):
-    with _trainer(tasks_generator_params={"task_callable": make_pointnav_task}, outer_steps=2,
-                  task_batch_size=2, inner_steps=100) as meta:
+    with _trainer(
+        tasks_generator_params={"task_callable": make_pointnav_task},
+        outer_steps=2,
+        task_batch_size=2,
+        inner_steps=100,
+    ) as meta:
         meta.learn(save_path=str(tmp_path / "ckpt"), save_prefix="meta")
     checkpoint = tmp_path / "ckpt" / "meta_outer_2"
     baseline = train_multitask("pointnav", PPO, TINY_PPO, total_timesteps=200, seed=0)
     baseline.save(tmp_path / "multitask.zip")
 
     out = tmp_path / "eval"
-    code = cli_main([str(checkpoint), "--baseline", str(tmp_path / "multitask.zip"), "--backend", "serial",
-                     "--tasks", "3", "--episodes", "1", "--budgets", "0", "1", "--out", str(out)])
+    code = cli_main(
+        [
+            str(checkpoint),
+            "--baseline",
+            str(tmp_path / "multitask.zip"),
+            "--backend",
+            "serial",
+            "--tasks",
+            "3",
+            "--episodes",
+            "1",
+            "--budgets",
+            "0",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert (out / "evaluation.png").stat().st_size > 10_000
     report = json.loads((out / "evaluation.json").read_text())
@@ -270,22 +310,31 @@ def test_cli_main_writes_the_json_and_png_report_of_a_checkpoint(tmp_path: Path)
 def test_meta_eval_callback_records_the_evaluation_and_logs_it_to_tensorboard(tmp_path: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    callback = MetaEvalCallback(eval_freq=2, n_tasks=2, budgets=[0, 1], episodes=1,
-                                log_path=str(tmp_path / "evals.json"))
+    callback = MetaEvalCallback(
+        eval_freq=2, n_tasks=2, budgets=[0, 1], episodes=1, log_path=str(tmp_path / "evals.json")
+    )
     with _trainer(outer_steps=4, task_batch_size=2, tensorboard_logs=str(tmp_path / "tb")) as meta:
         meta.learn(callback=callback)
         records = meta.step_records
     assert [("eval" in r) for r in records] == [False, True, False, True]
     evaluation = records[1]["eval"]
     assert evaluation["budgets"] == ["budget_0", "budget_1"]
-    assert len(evaluation["meta"]) == 2 and len(evaluation["random"]) == 2 and len(evaluation["meta - random"]) == 2
+    assert (
+        len(evaluation["meta"]) == 2
+        and len(evaluation["random"]) == 2
+        and len(evaluation["meta - random"]) == 2
+    )
     assert [r["outer_step"] for r in callback.reports] == [2, 4]
     assert len(json.loads((tmp_path / "evals.json").read_text())) == 2
     run_dir = next((tmp_path / "tb").iterdir())
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"eval/meta_return_budget_1", "eval/random_return_budget_0", "eval/meta_minus_random_budget_1"} <= tags
+    assert {
+        "eval/meta_return_budget_1",
+        "eval/random_return_budget_0",
+        "eval/meta_minus_random_budget_1",
+    } <= tags
     assert [e.step for e in events.Scalars("eval/meta_return_budget_1")] == [2, 4]
     last = records[3]["eval"]["meta"][1]
     assert events.Scalars("eval/meta_return_budget_1")[-1].value == pytest.approx(last, rel=1e-6)

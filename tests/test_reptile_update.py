@@ -124,3 +124,35 @@ def test_callable_schedule_drives_the_optimizer_lr_only_when_it_changes():
 def test_bad_meta_lr_type_is_refused():
     with pytest.raises(TypeError, match="meta_lr"):
         ReptileMetaRL(**cartpole_kwargs(meta_lr="0.1"))
+
+
+def test_pointnav_config_adapts_with_sgd_and_keeps_log_std_out_of_the_meta_update():
+    """The adaptation settings shipped in configs/pointnav_ppo.yaml: the inner loop runs plain SGD
+    (one full-batch step per rollout), and the exploration noise never moves the meta policy."""
+    from pathlib import Path
+
+    from distributed_reptile.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(
+        repo / "configs" / "pointnav_ppo.yaml",
+        [
+            "backend=serial",
+            "num_workers=1",
+            "verbose=0",
+            "outer_steps=2",
+            "task_batch_size=2",
+            "inner_steps=400",
+            "rl_algo_kwargs.n_steps=200",
+            "rl_algo_kwargs.batch_size=200",
+        ],
+    )
+    with ReptileMetaRL(**config.trainer_kwargs()) as meta:
+        assert isinstance(meta.meta_algo.policy.optimizer, th.optim.SGD)
+        before = weights_of(meta)
+        assert th.all(before["log_std"] == -1.0)
+        meta.learn()
+        after = weights_of(meta)
+        assert meta.step_records[-1]["outer_step"] == 2
+    assert th.equal(after["log_std"], before["log_std"])
+    assert any(not th.equal(after[k], before[k]) for k in before if k != "log_std")

@@ -63,7 +63,9 @@ def test_test_tasks_carry_a_fixed_support_set_and_the_grid_return_is_minus_the_s
     while not done:
         obs, reward, done, _, _ = env.step(np.zeros(1))
         total += reward
-    assert -total / GRID_POINTS == pytest.approx(float(np.mean(env.function(env.grid) ** 2)), rel=1e-5)
+    assert -total / GRID_POINTS == pytest.approx(
+        float(np.mean(env.function(env.grid) ** 2)), rel=1e-5
+    )
 
 
 def test_supervised_regressor_is_an_sb3_like_learner_the_trainer_runs(tmp_path: Path):
@@ -73,7 +75,12 @@ def test_supervised_regressor_is_an_sb3_like_learner_the_trainer_runs(tmp_path: 
         tasks_generator_params={"task_callable": make_sine_task, "history": False},
         rl_algorithm=SupervisedRegressor,
         rl_algo_kwargs={"policy": "MlpRegressor", "device": "cpu"},
-        inner_steps=320, outer_steps=3, task_batch_size=2, meta_lr=0.1, backend="serial", seed=0,
+        inner_steps=320,
+        outer_steps=3,
+        task_batch_size=2,
+        meta_lr=0.1,
+        backend="serial",
+        seed=0,
     ) as meta:
         before = module_to_numpy(meta.meta_policy)
         meta.learn(save_path=str(tmp_path), save_prefix="sine")
@@ -85,18 +92,37 @@ def test_supervised_regressor_is_an_sb3_like_learner_the_trainer_runs(tmp_path: 
     assert (tmp_path / "sine_outer_3" / "meta_algo.zip").exists()  # the learner's own save()
     assert meta.step_records[-1]["ep_return_mean"] < 0  # minus the training loss
     assert returns.shape == (2, 2) and np.all(returns < 0)
-    loaded = SupervisedRegressor.load(tmp_path / "sine_outer_3" / "meta_algo.zip", env=specs[0].build_env())
+    loaded = SupervisedRegressor.load(
+        tmp_path / "sine_outer_3" / "meta_algo.zip", env=specs[0].build_env()
+    )
     for k, v in loaded.policy.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), after[k])
 
 
-def test_sine_command_trains_on_ray_workers_writes_its_outputs_and_beats_the_random_init(tmp_path: Path):
+def test_sine_command_trains_on_ray_workers_writes_its_outputs_and_beats_the_random_init(
+    tmp_path: Path,
+):
     out = tmp_path / "sine"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-m", "distributed_reptile.sine", "--out", str(out), "--outer-steps", "600",
-         "--num-workers", "2", "--eval-tasks", "40"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "distributed_reptile.sine",
+            "--out",
+            str(out),
+            "--outer-steps",
+            "600",
+            "--num-workers",
+            "2",
+            "--eval-tasks",
+            "40",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "sine.json").read_text())
@@ -114,8 +140,20 @@ def test_sine_command_trains_on_ray_workers_writes_its_outputs_and_beats_the_ran
 def test_sine_config_trains_through_the_train_command(tmp_path: Path):
     from distributed_reptile.cli import main
 
-    rc = main(["train", str(REPO / "configs" / "sine.yaml"), "--output", str(tmp_path / "run"),
-               "--set", "outer_steps=3", "--set", "backend=serial", "--set", "learn.save_freq=0"])
+    rc = main(
+        [
+            "train",
+            str(REPO / "configs" / "sine.yaml"),
+            "--output",
+            str(tmp_path / "run"),
+            "--set",
+            "outer_steps=3",
+            "--set",
+            "backend=serial",
+            "--set",
+            "learn.save_freq=0",
+        ]
+    )
     assert rc == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["outer_steps"] == 3 and summary["completed"] is True

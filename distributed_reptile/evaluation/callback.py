@@ -74,7 +74,9 @@ class MetaEvalCallback(MetaCallback):
     ) -> None:
         super().__init__(verbose)
         if isinstance(eval_freq, bool) or not isinstance(eval_freq, int) or eval_freq <= 0:
-            raise ValueError(f"eval_freq must be a positive number of outer steps, got {eval_freq!r}.")
+            raise ValueError(
+                f"eval_freq must be a positive number of outer steps, got {eval_freq!r}."
+            )
         self.eval_freq = eval_freq
         self.family = family
         self.n_tasks = int(n_tasks)
@@ -104,7 +106,11 @@ class MetaEvalCallback(MetaCallback):
                 "MetaEvalCallback needs the held-out tasks: pass family= (a built-in family name or a "
                 "task callable with a `split` argument); the trainer's generator has no task_callable."
             )
-        params = self.task_params if self.task_params is not None else gen_params.get("task_callable_params")
+        params = (
+            self.task_params
+            if self.task_params is not None
+            else gen_params.get("task_callable_params")
+        )
         self.specs = held_out_specs(family, self.n_tasks, seed=self.task_seed, task_params=params)
         self.budgets = resolve_budgets(trainer.meta_algo, self.budget_rollouts, self.budget_steps)
         self._comparison = None
@@ -128,8 +134,13 @@ class MetaEvalCallback(MetaCallback):
                     env.close()
             self._comparison = {
                 name: adaptation_returns(
-                    trainer.runner, weights, self.specs, self.budgets, self.episodes,
-                    self.deterministic, self.eval_seed,
+                    trainer.runner,
+                    weights,
+                    self.specs,
+                    self.budgets,
+                    self.episodes,
+                    self.deterministic,
+                    self.eval_seed,
                 )[0][None]
                 for name, weights in inits.items()
             }
@@ -142,8 +153,13 @@ class MetaEvalCallback(MetaCallback):
         t0 = time.perf_counter()
         comparison = self._comparison_returns()
         meta, _ = adaptation_returns(
-            trainer.runner, module_to_numpy(trainer.meta_policy), self.specs, self.budgets,
-            self.episodes, self.deterministic, self.eval_seed,
+            trainer.runner,
+            module_to_numpy(trainer.meta_policy),
+            self.specs,
+            self.budgets,
+            self.episodes,
+            self.deterministic,
+            self.eval_seed,
         )
         report = summarize({"meta": meta[None], **comparison}, self.budgets, reference="meta")
         report["outer_step"] = trainer.num_outer_steps
@@ -180,8 +196,12 @@ class MetaEvalCallback(MetaCallback):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(json_ready(self.reports), indent=1), encoding="utf-8")
         if self.verbose >= 1:
-            meta = ", ".join(f"{lab} {v:.2f}" for lab, v in zip(labels, summary["meta"], strict=True))
-            print(f"[eval at outer step {trainer.num_outer_steps}] meta-init: {meta} ({report['seconds']:.1f}s)")
+            meta = ", ".join(
+                f"{lab} {v:.2f}" for lab, v in zip(labels, summary["meta"], strict=True)
+            )
+            print(
+                f"[eval at outer step {trainer.num_outer_steps}] meta-init: {meta} ({report['seconds']:.1f}s)"
+            )
         return True
 
 

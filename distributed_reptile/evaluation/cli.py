@@ -24,28 +24,58 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distributed-reptile evaluate",
         description="Held-out returns before and after adaptation: meta-init vs random init vs baselines.",
     )
-    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                        help="checkpoint folder(s) of meta-training runs (one per training seed)")
-    parser.add_argument("--family", default=None,
-                        help="built-in task family (default: the checkpoint's task_callable)")
-    parser.add_argument("--baseline", nargs="*", default=[], metavar="MODEL_ZIP",
-                        help="multi-task baseline(s) saved with SB3's .save() (one, or one per checkpoint)")
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="checkpoint folder(s) of meta-training runs (one per training seed)",
+    )
+    parser.add_argument(
+        "--family",
+        default=None,
+        help="built-in task family (default: the checkpoint's task_callable)",
+    )
+    parser.add_argument(
+        "--baseline",
+        nargs="*",
+        default=[],
+        metavar="MODEL_ZIP",
+        help="multi-task baseline(s) saved with SB3's .save() (one, or one per checkpoint)",
+    )
     parser.add_argument("--baseline-name", default="multitask")
     parser.add_argument("--no-random", action="store_true", help="leave out the random init")
-    parser.add_argument("--random-seeds", type=int, nargs="*", default=None,
-                        help="seeds of the random inits (default: 0 .. number of checkpoints - 1)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=None,
-                        help="adaptation budgets (default 0 1 2 4 rollouts)")
+    parser.add_argument(
+        "--random-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds of the random inits (default: 0 .. number of checkpoints - 1)",
+    )
+    parser.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="adaptation budgets (default 0 1 2 4 rollouts)",
+    )
     parser.add_argument("--budget-unit", choices=["rollouts", "steps"], default="rollouts")
     parser.add_argument("--tasks", type=int, default=20, help="held-out tasks")
     parser.add_argument("--task-seed", type=int, default=0, help="first held-out task seed")
-    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per task and budget")
-    parser.add_argument("--stochastic", action="store_true", help="sample actions in evaluation episodes")
+    parser.add_argument(
+        "--episodes", type=int, default=10, help="evaluation episodes per task and budget"
+    )
+    parser.add_argument(
+        "--stochastic", action="store_true", help="sample actions in evaluation episodes"
+    )
     parser.add_argument("--eval-seed", type=int, default=0)
     parser.add_argument("--backend", choices=["ray", "serial"], default="ray")
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting one")
-    parser.add_argument("--out", default="evaluation", help="folder of evaluation.json / .png / .md")
+    parser.add_argument(
+        "--ray-address", default=None, help="join this Ray cluster instead of starting one"
+    )
+    parser.add_argument(
+        "--out", default="evaluation", help="folder of evaluation.json / .png / .md"
+    )
     return parser
 
 
@@ -54,12 +84,16 @@ def _checkpoint_weights(folder: Path) -> NumpyWeights:
 
     path = folder / "meta_policy.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"{folder} is not a checkpoint folder (no meta_policy.safetensors).")
+        raise FileNotFoundError(
+            f"{folder} is not a checkpoint folder (no meta_policy.safetensors)."
+        )
     return dict(load_file(str(path)))
 
 
 def _check_same_keys(name: str, weights: NumpyWeights, reference: NumpyWeights) -> None:
-    if weights.keys() != reference.keys() or any(weights[k].shape != reference[k].shape for k in reference):
+    if weights.keys() != reference.keys() or any(
+        weights[k].shape != reference[k].shape for k in reference
+    ):
         raise ValueError(
             f"{name} does not have the meta policy's architecture (parameter names or shapes differ): "
             "train it with the same rl_algorithm and policy_kwargs as the meta-training run."
@@ -82,8 +116,12 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     folders = [Path(c) for c in args.checkpoints]
-    overrides: dict[str, Any] = {"backend": args.backend, "num_workers": args.num_workers,
-                                 "verbose": 0, "tensorboard_logs": None}
+    overrides: dict[str, Any] = {
+        "backend": args.backend,
+        "num_workers": args.num_workers,
+        "verbose": 0,
+        "tensorboard_logs": None,
+    }
     if args.ray_address:
         overrides["ray_address"] = args.ray_address
     meta = ReptileMetaRL.load(folders[0], **overrides)
@@ -112,7 +150,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             env = specs[0].build_env()
             try:
                 inits["random"] = [
-                    random_init_weights(meta.rl_algorithm, meta.rl_algo_kwargs, env, s) for s in seeds
+                    random_init_weights(meta.rl_algorithm, meta.rl_algo_kwargs, env, s)
+                    for s in seeds
                 ]
             finally:
                 env.close()
@@ -125,16 +164,27 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 baselines.append(weights)
             inits[args.baseline_name] = baselines
         report = evaluate_inits(
-            meta.runner, inits, specs, budgets, episodes=args.episodes,
-            deterministic=not args.stochastic, seed=args.eval_seed,
-            metadata={"family": family, "checkpoints": [str(f) for f in folders],
-                      "baselines": list(args.baseline), "backend": args.backend,
-                      "num_workers": args.num_workers},
+            meta.runner,
+            inits,
+            specs,
+            budgets,
+            episodes=args.episodes,
+            deterministic=not args.stochastic,
+            seed=args.eval_seed,
+            metadata={
+                "family": family,
+                "checkpoints": [str(f) for f in folders],
+                "baselines": list(args.baseline),
+                "backend": args.backend,
+                "num_workers": args.num_workers,
+            },
         )
     finally:
         meta.close()
     report["metadata"]["wall_seconds"] = time.perf_counter() - t0
-    paths = save_report(report, args.out, "evaluation", title=f"{family}: {len(folders)} meta-init(s)")
+    paths = save_report(
+        report, args.out, "evaluation", title=f"{family}: {len(folders)} meta-init(s)"
+    )
     print(paths["md"].read_text(encoding="utf-8"))
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0

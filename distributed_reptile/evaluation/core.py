@@ -155,7 +155,7 @@ def held_out_specs(
     elif split != "train":
         raise ValueError(
             f"Task callable {getattr(make, '__name__', make)!r} has no `split` argument, so it cannot "
-            "draw held-out tasks: add `split=\"train\"` to its signature (see the built-in families)."
+            'draw held-out tasks: add `split="train"` to its signature (see the built-in families).'
         )
     specs = []
     for i, task_seed_ in enumerate(held_out_seeds(int(n_tasks), seed)):
@@ -225,7 +225,9 @@ def build_eval_runner(
     if backend == "ray":
         from distributed_reptile.runners.ray_pool import RayRunner
 
-        return RayRunner(factory, num_workers=num_workers, worker_resources=dict(worker_resources or {}))
+        return RayRunner(
+            factory, num_workers=num_workers, worker_resources=dict(worker_resources or {})
+        )
     raise ValueError(f"backend must be 'ray' or 'serial', got {backend!r}.")
 
 
@@ -301,7 +303,9 @@ def evaluate_inits(
     :return: the report of :func:`summarize`, with the episode returns, timings and settings.
     """
     if reference not in inits:
-        raise ValueError(f"The reference initialisation {reference!r} is not among {sorted(inits)}.")
+        raise ValueError(
+            f"The reference initialisation {reference!r} is not among {sorted(inits)}."
+        )
     per_unit: dict[str, np.ndarray] = {}
     episodes_raw: dict[str, list[Any]] = {}
     seconds: dict[str, float] = {}
@@ -311,7 +315,9 @@ def evaluate_inits(
         t0 = time.perf_counter()
         rows, raws = [], []
         for weights in weight_list:
-            means, raw = adaptation_returns(runner, weights, specs, budgets, episodes, deterministic, seed)
+            means, raw = adaptation_returns(
+                runner, weights, specs, budgets, episodes, deterministic, seed
+            )
             rows.append(means)
             raws.append(raw)
         per_unit[name] = np.stack(rows)
@@ -333,7 +339,9 @@ def evaluate_inits(
 
 
 # ---------------------------------------------------------------------------- statistics
-def _pair(ref: np.ndarray, other: np.ndarray, ref_name: str, other_name: str) -> tuple[np.ndarray, np.ndarray]:
+def _pair(
+    ref: np.ndarray, other: np.ndarray, ref_name: str, other_name: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Align two ``(seeds, tasks)`` arrays unit by unit (a single seed is paired with every seed)."""
     if ref.shape == other.shape:
         return ref, other
@@ -375,12 +383,16 @@ def summarize(
     n_tasks = None
     for name, arr in arrays.items():
         if arr.ndim != 3 or arr.shape[2] != n_b:
-            raise ValueError(f"{name!r}: expected an array (seeds, tasks, {n_b} budgets), got shape {arr.shape}.")
+            raise ValueError(
+                f"{name!r}: expected an array (seeds, tasks, {n_b} budgets), got shape {arr.shape}."
+            )
         if n_tasks is not None and arr.shape[1] != n_tasks:
             raise ValueError("Every initialisation must be evaluated on the same tasks.")
         n_tasks = arr.shape[1]
     if reference not in arrays:
-        raise ValueError(f"The reference initialisation {reference!r} is not among {sorted(arrays)}.")
+        raise ValueError(
+            f"The reference initialisation {reference!r} is not among {sorted(arrays)}."
+        )
 
     def budget_fields(b: int) -> dict[str, Any]:
         return {
@@ -448,7 +460,9 @@ def summarize(
 def budget_axis(budgets: Mapping[str, Any]) -> tuple[list[int], str]:
     """The x values and axis label of a report's budgets (rollouts where known)."""
     if budgets.get("rollouts") is not None:
-        return list(budgets["rollouts"]), f"adaptation budget (inner rollouts of {budgets['rollout_steps']} env steps)"
+        return list(
+            budgets["rollouts"]
+        ), f"adaptation budget (inner rollouts of {budgets['rollout_steps']} env steps)"
     return list(budgets["env_steps"]), "adaptation budget (env steps)"
 
 

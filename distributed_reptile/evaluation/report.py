@@ -31,11 +31,15 @@ def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``report`` as JSON (NaN and infinities become ``null``)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_ready(dict(report)), indent=2, sort_keys=False), encoding="utf-8")
+    out.write_text(
+        json.dumps(json_ready(dict(report)), indent=2, sort_keys=False), encoding="utf-8"
+    )
     return out
 
 
-def plot_report(report: Mapping[str, Any], path: str | os.PathLike[str], title: str | None = None) -> Path:
+def plot_report(
+    report: Mapping[str, Any], path: str | os.PathLike[str], title: str | None = None
+) -> Path:
     """Adaptation curves: mean return against budget per initialisation, shaded intervals; and the
     paired differences (reference minus each other initialisation) with their intervals.
 
@@ -105,26 +109,61 @@ def report_to_markdown(report: Mapping[str, Any], digits: int = 1) -> str:
     unit = "rollouts" if report["budgets"].get("rollouts") is not None else "env steps"
     head = "| | " + " | ".join(f"{x}" for x in xs) + f" {unit} |"
     sep = "|---|" + "---|" * len(xs)
-    lines = [f"Return on {report['n_tasks']} held-out tasks (mean ± {int(100 * report['confidence'])}% CI over units):", "", head, sep]
+    lines = [
+        f"Return on {report['n_tasks']} held-out tasks (mean ± {int(100 * report['confidence'])}% CI over units):",
+        "",
+        head,
+        sep,
+    ]
     for name, init in report["inits"].items():
-        lines.append(f"| {name} ({init['n_seeds']} seed(s)) | " + " | ".join(_fmt(r, digits) for r in init["budgets"]) + " |")
-    lines += ["", "Gain from adaptation (return minus return at the smallest budget, paired by unit):", "", head, sep]
+        lines.append(
+            f"| {name} ({init['n_seeds']} seed(s)) | "
+            + " | ".join(_fmt(r, digits) for r in init["budgets"])
+            + " |"
+        )
+    lines += [
+        "",
+        "Gain from adaptation (return minus return at the smallest budget, paired by unit):",
+        "",
+        head,
+        sep,
+    ]
     for name, init in report["inits"].items():
-        cells = [_fmt(r, digits) + ("*" if r.get("excludes_zero") else "") for r in init["adaptation_gain"]]
+        cells = [
+            _fmt(r, digits) + ("*" if r.get("excludes_zero") else "")
+            for r in init["adaptation_gain"]
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if report["paired"]:
-        lines += ["", "Paired difference, task by task (* : the interval excludes 0):", "", head, sep]
+        lines += [
+            "",
+            "Paired difference, task by task (* : the interval excludes 0):",
+            "",
+            head,
+            sep,
+        ]
         for name, rows in report["paired"].items():
             cells = [_fmt(r, digits) + ("*" if r.get("excludes_zero") else "") for r in rows]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "Paired difference across training seeds (one value per seed):", "", head, sep]
+        lines += [
+            "",
+            "Paired difference across training seeds (one value per seed):",
+            "",
+            head,
+            sep,
+        ]
         for name, rows in report["paired"].items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(r["across_seeds"], digits) for r in rows) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(r["across_seeds"], digits) for r in rows) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def save_report(
-    report: Mapping[str, Any], out_dir: str | os.PathLike[str], stem: str = "evaluation", title: str | None = None
+    report: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    stem: str = "evaluation",
+    title: str | None = None,
 ) -> dict[str, Path]:
     """Write ``{stem}.json``, ``{stem}.png`` and ``{stem}.md`` in ``out_dir``; return their paths."""
     folder = Path(out_dir)

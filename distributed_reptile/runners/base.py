@@ -78,7 +78,11 @@ def check_tasks_per_call(tasks_per_call: int | str) -> int | str:
     """``tasks_per_call`` as an int >= 1 or ``"auto"``, or a ValueError that names the fix."""
     if tasks_per_call == "auto":
         return "auto"
-    if isinstance(tasks_per_call, bool) or not isinstance(tasks_per_call, int) or tasks_per_call < 1:
+    if (
+        isinstance(tasks_per_call, bool)
+        or not isinstance(tasks_per_call, int)
+        or tasks_per_call < 1
+    ):
         raise ValueError(
             "tasks_per_call must be an integer >= 1 (tasks sent to a Ray worker in one call) or "
             f"'auto' (the batch split evenly over the workers), got {tasks_per_call!r}."

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.runners.base import (
@@ -65,7 +65,9 @@ class LearnerActor:
         result.timings["weight_fetch"] = fetch
         return result
 
-    def run_many(self, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]) -> list[AdaptedResult]:
+    def run_many(
+        self, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]
+    ) -> list[AdaptedResult]:
         """Run several jobs in one call (``tasks_per_call``), in order, from the same weights.
 
         A job that raises marks the exception with its index (``_job_index``), so the driver knows
@@ -74,7 +76,7 @@ class LearnerActor:
         t0 = time.perf_counter()
         weights = ray.get(boxed_weights[0])
         fetch = time.perf_counter() - t0
-        results = []
+        results: list[AdaptedResult] = []
         for job in jobs:
             try:
                 result = self.learner.run(job, weights)
@@ -510,7 +512,9 @@ class _Batch:
                 if now - since < limit:
                     continue
                 what = f"worker {idx} did not start within task_timeout_s={limit:g} s"
-            elif self.queues[idx] and now - self.head_since[idx] >= self._limit(self.queues[idx][0]):
+            elif self.queues[idx] and now - self.head_since[idx] >= self._limit(
+                self.queues[idx][0]
+            ):
                 what = f"no result within task_timeout_s={limit:g} s"
                 if len(self.inflight[self.queues[idx][0]][1]) > 1:
                     what += " per task"

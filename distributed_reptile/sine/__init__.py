@@ -9,4 +9,10 @@
 from distributed_reptile.sine.env import SineTaskEnv, make_sine_task
 from distributed_reptile.sine.learner import MlpRegressorPolicy, NumpyAdam, SupervisedRegressor
 
-__all__ = ["MlpRegressorPolicy", "NumpyAdam", "SineTaskEnv", "SupervisedRegressor", "make_sine_task"]
+__all__ = [
+    "MlpRegressorPolicy",
+    "NumpyAdam",
+    "SineTaskEnv",
+    "SupervisedRegressor",
+    "make_sine_task",
+]

@@ -49,17 +49,25 @@ class SineTaskEnv(gym.Env):
         super().__init__()
         self.amplitude = float(amplitude)
         self.phase = float(phase)
-        self.support_x = None if support_x is None else np.asarray(support_x, dtype=np.float32).reshape(-1, 1)
-        self.grid = np.linspace(X_RANGE[0], X_RANGE[1], GRID_POINTS, dtype=np.float32).reshape(-1, 1)
+        self.support_x = (
+            None if support_x is None else np.asarray(support_x, dtype=np.float32).reshape(-1, 1)
+        )
+        self.grid = np.linspace(X_RANGE[0], X_RANGE[1], GRID_POINTS, dtype=np.float32).reshape(
+            -1, 1
+        )
         self.observation_space = spaces.Box(X_RANGE[0], X_RANGE[1], shape=(1,), dtype=np.float32)
         self.action_space = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
         self._i = 0
 
     def function(self, x: np.ndarray) -> np.ndarray:
         """``a sin(x + b)``."""
-        return (self.amplitude * np.sin(np.asarray(x, dtype=np.float32) + self.phase)).astype(np.float32)
+        return (self.amplitude * np.sin(np.asarray(x, dtype=np.float32) + self.phase)).astype(
+            np.float32
+        )
 
-    def training_batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def training_batch(
+        self, rng: np.random.Generator, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` of shape ``(n, 1)``: fresh uniform points, or the fixed support set (a random
         subset of it when ``batch_size`` is smaller)."""
         if self.support_x is None:
@@ -70,14 +78,18 @@ class SineTaskEnv(gym.Env):
             x = self.support_x[rng.choice(len(self.support_x), size=batch_size, replace=False)]
         return x, self.function(x)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._i = 0
         return self.grid[0].copy(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         x = self.grid[self._i]
-        error = float(np.asarray(action, dtype=np.float64).reshape(-1)[0]) - float(self.function(x)[0])
+        error = float(np.asarray(action, dtype=np.float64).reshape(-1)[0]) - float(
+            self.function(x)[0]
+        )
         self._i += 1
         done = self._i >= GRID_POINTS
         obs = self.grid[min(self._i, GRID_POINTS - 1)].copy()

@@ -38,10 +38,14 @@ class MlpRegressorPolicy(nn.Module):
     :param net_arch: hidden layer sizes.
     """
 
-    def __init__(self, in_dim: int = 1, out_dim: int = 1, net_arch: Sequence[int] = (64, 64)) -> None:
+    def __init__(
+        self, in_dim: int = 1, out_dim: int = 1, net_arch: Sequence[int] = (64, 64)
+    ) -> None:
         super().__init__()
         sizes = [in_dim, *net_arch, out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
 
     def forward(self, x: th.Tensor) -> th.Tensor:
         for i, layer in enumerate(self.layers):
@@ -90,7 +94,9 @@ class NumpyAdam:
     :param eps: denominator term.
     """
 
-    def __init__(self, param: np.ndarray, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> None:
+    def __init__(
+        self, param: np.ndarray, lr: float, betas: tuple[float, float], eps: float = 1e-8
+    ) -> None:
         self.param = param
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
         self.m = np.zeros_like(param)
@@ -152,15 +158,25 @@ class SupervisedRegressor:
         verbose: int = 0,
     ) -> None:
         if policy != "MlpRegressor":
-            raise ValueError(f"SupervisedRegressor supports policy='MlpRegressor' only, got {policy!r}.")
+            raise ValueError(
+                f"SupervisedRegressor supports policy='MlpRegressor' only, got {policy!r}."
+            )
         if str(device) not in ("cpu", "auto"):
-            raise ValueError(f"SupervisedRegressor runs on the CPU; pass device='cpu', got {device!r}.")
+            raise ValueError(
+                f"SupervisedRegressor runs on the CPU; pass device='cpu', got {device!r}."
+            )
         if env is None:
-            raise ValueError("SupervisedRegressor needs an env (a task with training_batch(rng, n)).")
+            raise ValueError(
+                "SupervisedRegressor needs an env (a task with training_batch(rng, n))."
+            )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
-        self.init_kwargs = {"learning_rate": learning_rate, "betas": tuple(betas), "batch_size": batch_size,
-                            "net_arch": tuple(net_arch)}
+        self.init_kwargs = {
+            "learning_rate": learning_rate,
+            "betas": tuple(betas),
+            "batch_size": batch_size,
+            "net_arch": tuple(net_arch),
+        }
         self.learning_rate = float(learning_rate)
         self.batch_size = int(batch_size)
         self.device = th.device("cpu")
@@ -188,9 +204,15 @@ class SupervisedRegressor:
             self.set_random_seed(seed)
 
     # ---------------------------------------------------------------- SB3 surface
-    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1,
-              tb_log_name: str = "SupervisedRegressor", reset_num_timesteps: bool = True,
-              progress_bar: bool = False) -> SupervisedRegressor:
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int = 1,
+        tb_log_name: str = "SupervisedRegressor",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SupervisedRegressor:
         """Take ``ceil(total_timesteps / batch_size)`` Adam steps on the env's training batches.
 
         With ``reset_num_timesteps`` (the inner loop's fresh start) the Adam moments and the
@@ -215,8 +237,13 @@ class SupervisedRegressor:
             param[...] = work
         return self
 
-    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
-                deterministic: bool = False) -> tuple[np.ndarray, None]:
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, None]:
         """The regression output for ``observation`` (a batch or one input)."""
         obs = np.asarray(observation, dtype=np.float32)
         single = obs.ndim == len(self.observation_space.shape)
