@@ -324,19 +324,18 @@ def _resolved(data: Mapping[str, Any], key: str) -> Any:
 
 def _semantic_problems(data: Mapping[str, Any]) -> list[str]:
     """Checks that need the resolved classes: arguments against signatures, kinds of classes."""
-    from stable_baselines3.common.base_class import BaseAlgorithm
-
-    from distributed_reptile.algorithms.base import BaseMetaAlgorithm
+    from distributed_reptile.algorithms.base import SB3_METHODS, BaseMetaAlgorithm, is_sb3_like
     from distributed_reptile.inner.learner import InnerLearner
     from distributed_reptile.tasks.generator import TaskGenerator
 
     problems: list[str] = []
     algo = _resolved(data, "rl_algorithm") if "rl_algorithm" in data else None
     if algo is not None:
-        if not (inspect.isclass(algo) and issubclass(algo, BaseAlgorithm)):
+        if not is_sb3_like(algo):
             problems.append(
                 f"rl_algorithm: {data['rl_algorithm']!r} is not a Stable-Baselines3 algorithm class: "
-                "use e.g. 'stable_baselines3:PPO' or 'sb3_contrib:TRPO'"
+                "use e.g. 'stable_baselines3:PPO' or 'sb3_contrib:TRPO' (or a class with SB3's "
+                f"{', '.join(SB3_METHODS)} methods)"
             )
         elif isinstance(data.get("rl_algo_kwargs", {}), dict):
             problems += _rl_algo_kwargs_problems(algo, data.get("rl_algo_kwargs", {}))
@@ -423,7 +422,11 @@ def _rl_algo_kwargs_problems(algo: type, kwargs: dict[str, Any]) -> list[str]:
     policy = kwargs.get("policy", "MlpPolicy")
     if isinstance(policy, str) and ":" in policy:
         problems += _import_problem("rl_algo_kwargs.policy", policy)
-    elif isinstance(policy, str) and policy not in getattr(algo, "policy_aliases", {}):
+    elif (
+        isinstance(policy, str)
+        and hasattr(algo, "policy_aliases")  # an SB3-like learner without aliases checks its own
+        and policy not in algo.policy_aliases
+    ):
         known = ", ".join(sorted(getattr(algo, "policy_aliases", {})))
         problems.append(
             f"rl_algo_kwargs.policy: {algo.__name__} has no policy {policy!r}: use one of {known} "

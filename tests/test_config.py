@@ -13,6 +13,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from distributed_reptile import BaseMetaAlgorithm, LinearSchedule, TaskGenerator
+from distributed_reptile.algorithms.base import is_sb3_like
 from distributed_reptile.config import (
     ConfigError,
     RunConfig,
@@ -67,6 +68,7 @@ def test_configs_folder_has_the_smoke_config_and_one_per_family() -> None:
     names = {p.name for p in CONFIGS}
     assert "smoke.yaml" in names
     used = {load_config(p).tasks_generator_params.get("task_callable") for p in CONFIGS}
+    assert "distributed_reptile.sine:make_sine_task" in used  # the sine reproduction
     for family, func in FAMILIES.items():
         path = f"distributed_reptile.tasks.families:{func.__name__}"
         assert path in used, f"no config in configs/ for the {family} family ({path})"
@@ -78,7 +80,9 @@ def test_every_shipped_config_validates_and_resolves_to_trainer_arguments(path: 
     kwargs = config.trainer_kwargs()
     trainer = config.trainer_class()
     assert issubclass(trainer, BaseMetaAlgorithm)
-    assert issubclass(kwargs["rl_algorithm"], BaseAlgorithm)
+    # an SB3 algorithm (the sine config uses the SB3-like SupervisedRegressor)
+    assert issubclass(kwargs["rl_algorithm"], BaseAlgorithm) or path.name == "sine.yaml"
+    assert is_sb3_like(kwargs["rl_algorithm"])
     assert inspect.isclass(kwargs["tasks_generator_cls"])
     if (
         kwargs["tasks_generator_cls"] is TaskGenerator

@@ -413,7 +413,9 @@ class _Batch:
                 runner._set_info(idx, ref)
                 if self.queues[idx]:
                     self.head_since[idx] = time.perf_counter()
-            else:
+            elif ref in self.inflight:
+                # (a call no longer in flight went back to pending with its worker's other calls
+                # when an earlier ref of this wait showed that worker lost)
                 self._collect(ref)
         if runner.task_timeout_s is not None:
             self._enforce_timeouts()
