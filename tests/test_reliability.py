@@ -218,6 +218,15 @@ def make_flaky_cartpole(
     return env, info
 
 
+def flaky_params(bad_seed: int, tmp_path: Path, once: bool) -> dict[str, Any]:
+    """Task-generator parameters of the flaky CartPole family: the task with seed ``bad_seed``
+    crashes (logged to ``tmp_path/crashes.log``) always, or with ``once`` only the first time."""
+    params: dict[str, Any] = {"bad_seeds": [bad_seed], "log_path": str(tmp_path / "crashes.log")}
+    if once:
+        params["once_marker"] = str(tmp_path / "crashed")
+    return {"task_callable": make_flaky_cartpole, "task_callable_params": params}
+
+
 def second_step_task(records: list[dict[str, Any]]) -> dict[str, Any]:
     """A task first drawn in outer step 2 (so outer step 1 never meets it)."""
     return next(t for t in records[1]["tasks"] if not t["revisit"])
@@ -228,10 +237,7 @@ def test_task_that_keeps_failing_fails_the_run_after_its_retries_and_keeps_the_c
 ):
     bad = second_step_task(reference[1])
     log = tmp_path / "crashes.log"
-    params = {
-        "task_callable": make_flaky_cartpole,
-        "task_callable_params": {"bad_seeds": [bad["random_seed"]], "log_path": str(log)},
-    }
+    params = flaky_params(bad["random_seed"], tmp_path, once=False)
     ckpts = tmp_path / "ckpt"
     kwargs = run_kwargs(tasks_generator_params=params, num_workers=1)
     with ReliableReptile(runner_options={"task_retries": 1}, **kwargs) as meta:
@@ -263,14 +269,7 @@ def test_task_that_fails_once_is_rerun_and_the_run_matches_an_undisturbed_one(
     ray_session, reference, tmp_path
 ):
     bad = second_step_task(reference[1])
-    params = {
-        "task_callable": make_flaky_cartpole,
-        "task_callable_params": {
-            "bad_seeds": [bad["random_seed"]],
-            "log_path": str(tmp_path / "crashes.log"),
-            "once_marker": str(tmp_path / "crashed"),
-        },
-    }
+    params = flaky_params(bad["random_seed"], tmp_path, once=True)
     with ReptileMetaRL(**run_kwargs(tasks_generator_params=params, num_workers=1)) as meta:
         meta.learn()
         errors = events(meta, "error")
@@ -286,14 +285,7 @@ def test_task_failing_inside_a_multi_task_call_is_rerun_alone_and_the_run_matche
     fresh = [t for t in reference[1][1]["tasks"] if not t["revisit"]]
     bad = fresh[-1]
     assert bad["meta_step"] != reference[1][1]["tasks"][0]["meta_step"]
-    params = {
-        "task_callable": make_flaky_cartpole,
-        "task_callable_params": {
-            "bad_seeds": [bad["random_seed"]],
-            "log_path": str(tmp_path / "crashes.log"),
-            "once_marker": str(tmp_path / "crashed"),
-        },
-    }
+    params = flaky_params(bad["random_seed"], tmp_path, once=True)
     # one worker, "auto": the whole batch of four goes in one call
     kwargs = run_kwargs(tasks_generator_params=params, num_workers=1, tasks_per_call="auto")
     with ReptileMetaRL(**kwargs) as meta:
@@ -321,14 +313,7 @@ def test_worker_dying_inside_a_multi_task_call_is_replaced_and_the_run_matches(
 def test_serial_runner_reruns_a_failed_task_like_the_ray_runner(reference, tmp_path):
     bad = second_step_task(reference[1])
     log = tmp_path / "crashes.log"
-    params = {
-        "task_callable": make_flaky_cartpole,
-        "task_callable_params": {
-            "bad_seeds": [bad["random_seed"]],
-            "log_path": str(log),
-            "once_marker": str(tmp_path / "crashed"),
-        },
-    }
+    params = flaky_params(bad["random_seed"], tmp_path, once=True)
     with ReptileMetaRL(**cartpole_kwargs(**RUN, tasks_generator_params=params)) as meta:
         meta.learn()
         assert [e["meta_step"] for e in events(meta, "error")] == [bad["meta_step"]]
@@ -339,10 +324,7 @@ def test_serial_runner_reruns_a_failed_task_like_the_ray_runner(reference, tmp_p
 def test_serial_runner_gives_up_after_the_default_two_retries(reference, tmp_path):
     bad = second_step_task(reference[1])
     log = tmp_path / "crashes.log"
-    params = {
-        "task_callable": make_flaky_cartpole,
-        "task_callable_params": {"bad_seeds": [bad["random_seed"]], "log_path": str(log)},
-    }
+    params = flaky_params(bad["random_seed"], tmp_path, once=False)
     with ReptileMetaRL(**cartpole_kwargs(**RUN, tasks_generator_params=params)) as meta:
         with pytest.raises(
             TaskFailedError, match=r"failed after 3 attempts: RuntimeError: simulator"

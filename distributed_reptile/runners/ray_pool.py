@@ -52,23 +52,8 @@ class LearnerActor:
             "resources": ctx.get_assigned_resources(),
         }
 
-    def run(self, job: TaskJob, boxed_weights: list[ray.ObjectRef]) -> AdaptedResult:
-        t0 = time.perf_counter()
-        weights = ray.get(boxed_weights[0])
-        fetch = time.perf_counter() - t0
-        try:
-            result = self.learner.run(job, weights)
-        except BaseException:
-            # The reused model may hold whatever state the failure left: a rerun rebuilds it.
-            self.learner.model = None
-            raise
-        result.timings["weight_fetch"] = fetch
-        return result
-
-    def run_many(
-        self, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]
-    ) -> list[AdaptedResult]:
-        """Run several jobs in one call (``tasks_per_call``), in order, from the same weights.
+    def run(self, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]) -> list[AdaptedResult]:
+        """Run the jobs of one call (one, or ``tasks_per_call``) in order, from the same weights.
 
         A job that raises marks the exception with its index (``_job_index``), so the driver knows
         which job failed and reruns the others without counting them.
@@ -81,6 +66,7 @@ class LearnerActor:
             try:
                 result = self.learner.run(job, weights)
             except BaseException as exc:
+                # The reused model may hold whatever state the failure left: a rerun rebuilds it.
                 self.learner.model = None
                 try:
                     exc._job_index = job.index  # type: ignore[attr-defined]
@@ -354,11 +340,15 @@ class _Batch:
         self.head_since = [0.0] * n
         #: call -> (worker, the jobs it carries, in order)
         self.inflight: dict[ray.ObjectRef, tuple[int, list[TaskJob]]] = {}
-        self.inflight_jobs = 0
         self.failures: dict[int, int] = {}
         self.submitted_at: dict[int, float] = {}
         self.done: dict[int, AdaptedResult] = {}
         self.cursor = 0
+
+    @property
+    def inflight_jobs(self) -> int:
+        """Jobs carried by the calls in flight."""
+        return sum(len(chunk) for _, chunk in self.inflight.values())
 
     # ------------------------------------------------------------------ submitting
     def submit(self) -> None:
@@ -379,15 +369,11 @@ class _Batch:
             chunk = self.pending[: self.chunk]
             del self.pending[: self.chunk]
             now = time.perf_counter()
-            if len(chunk) == 1:
-                ref = runner.actors[idx].run.remote(job, self.boxed)
-            else:
-                ref = runner.actors[idx].run_many.remote(chunk, self.boxed)
+            ref = runner.actors[idx].run.remote(chunk, self.boxed)
             if not self.queues[idx]:
                 self.head_since[idx] = now
             self.queues[idx].append(ref)
             self.inflight[ref] = (idx, chunk)
-            self.inflight_jobs += len(chunk)
             for j in chunk:
                 self.submitted_at[j.index] = now
 
@@ -443,7 +429,6 @@ class _Batch:
 
     def _take(self, ref: ray.ObjectRef) -> tuple[int, list[TaskJob]]:
         idx, chunk = self.inflight.pop(ref)
-        self.inflight_jobs -= len(chunk)
         queue = self.queues[idx]
         if queue and queue[0] == ref:
             queue.popleft()
@@ -481,7 +466,7 @@ class _Batch:
             self.requeue(chunk[1:])
             self._failed(chunk[0], err, idx, "result_lost")
         else:
-            results: list[AdaptedResult] = value if isinstance(value, list) else [value]
+            results: list[AdaptedResult] = value
             now = time.perf_counter()
             for job, result in zip(chunk, results, strict=True):
                 result.timings["round_trip"] = now - self.submitted_at.pop(job.index)
@@ -570,7 +555,6 @@ class _Batch:
         if limit is None:
             ray.wait(refs, num_returns=len(refs))
             self.inflight.clear()
-            self.inflight_jobs = 0
             return
         _, late = ray.wait(
             refs, num_returns=len(refs), timeout=limit * runner.pipeline_depth * self.chunk
@@ -578,7 +562,6 @@ class _Batch:
         for idx in sorted({self.inflight[ref][0] for ref in late}):
             runner.replace_actor(idx)
         self.inflight.clear()
-        self.inflight_jobs = 0
 
 
 def _actor_options(resources: dict[str, Any]) -> dict[str, Any]:
