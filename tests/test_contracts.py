@@ -28,7 +28,9 @@ def _train(**overrides: Any) -> tuple[dict[str, th.Tensor], list[dict[str, Any]]
         return weights_of(meta), meta.step_records
 
 
-def test_serial_ray1_ray2_give_bit_identical_meta_weights(ray_session):
+def test_serial_ray1_ray2_give_bit_identical_meta_weights(ray_session, monkeypatch):
+    from distributed_reptile.runners import ray_pool
+
     serial, serial_records = _train(backend="serial")
     ray1, ray1_records = _train(backend="ray", num_workers=1)
     ray2, ray2_records = _train(backend="ray", num_workers=2)
@@ -39,6 +41,10 @@ def test_serial_ray1_ray2_give_bit_identical_meta_weights(ray_session):
     three, _ = _train(backend="ray", num_workers=2, tasks_per_call=3)
     assert_same_weights(serial, auto)
     assert_same_weights(serial, three)
+    # Weights through the object store (as large networks go) instead of inside the calls.
+    monkeypatch.setattr(ray_pool, "INLINE_WEIGHTS_BYTES", 0)
+    stored, _ = _train(backend="ray", num_workers=2)
+    assert_same_weights(serial, stored)
     assert [r["tasks"] for r in serial_records] == [r["tasks"] for r in ray2_records]
     # The meta weights did move, so the comparison is not between untouched initialisations.
     with ReptileMetaRL(**cartpole_kwargs()) as untrained:
@@ -159,13 +165,20 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, ray_session):
     assert sum(r["revisits"] for r in expected_records) > 0
 
 
-def test_run_stopped_by_a_callback_then_resumed_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("backend", ["serial", "ray"])
+def test_run_stopped_by_a_callback_then_resumed_equals_uninterrupted_run(
+    tmp_path, backend, request
+):
+    """On Ray the next step's tasks are drawn ahead: the stop leaves that draw unused, and the
+    checkpoint must hold the task source as if it had never been made."""
     from distributed_reptile.callbacks import StopOnStepRecord
 
+    if backend == "ray":
+        request.getfixturevalue("ray_session")
     with ReptileMetaRL(**_resume_kwargs()) as full:
         full.learn()
         expected = weights_of(full)
-    with ReptileMetaRL(**_resume_kwargs()) as interrupted:
+    with ReptileMetaRL(**_resume_kwargs(backend=backend, num_workers=2)) as interrupted:
         interrupted.learn(
             callback=StopOnStepRecord("outer_step", 2), save_path=str(tmp_path), save_prefix="cut"
         )

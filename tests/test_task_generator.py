@@ -166,3 +166,35 @@ def test_wrong_return_type_of_task_callable_is_named():
     gen = TaskGenerator(task_callable=make, generator_seed=0)
     with pytest.raises(TypeError, match=r"tuple \(env, info\)"):
         gen.get_task(0)
+
+
+def _draw(gen: TaskGenerator, steps: range) -> list[dict]:
+    return [gen.sample_spec(m).describe() for m in steps]
+
+
+@pytest.mark.parametrize("sampling_method", ["random", "cyclic"])
+def test_rollback_undoes_the_draws_since_mark_history_included(sampling_method):
+    params = {
+        "task_callable": make_cartpole_task,
+        "revisit_ratio": 0.6,
+        "sampling_method": sampling_method,
+        "generator_seed": 5,
+    }
+    straight = TaskGenerator(**params)
+    expected = _draw(straight, range(30))
+    gen = TaskGenerator(**params)
+    got = _draw(gen, range(10))
+    gen.mark()
+    ahead = _draw(gen, range(10, 18))  # drawn ahead, then undone
+    assert sum(d["revisit"] for d in ahead) > 0  # the undone draws touched the history
+    gen.rollback()
+    got += _draw(gen, range(10, 30))
+    assert got == expected
+    assert gen.state_dict()["selected_tasks"] == straight.state_dict()["selected_tasks"]
+    assert gen.revisit_counter == straight.revisit_counter
+
+
+def test_rollback_without_mark_is_refused():
+    gen = TaskGenerator(task_callable=make_cartpole_task, generator_seed=0)
+    with pytest.raises(RuntimeError, match="mark"):
+        gen.rollback()

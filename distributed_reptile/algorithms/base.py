@@ -596,12 +596,11 @@ class BaseMetaAlgorithm(ABC):
 
     def _outer_step(self, outer: int, inner_root: str | None) -> dict[str, Any]:
         t_start = time.perf_counter()
-        b = self.task_batch_size
-        meta_steps = [outer * b + i for i in range(b)]
-        seeds: list[int | None] = (
-            list(meta_steps) if self._task_seed_mode == "meta_step" else [None] * b
-        )
-        specs = self.task_source.sample_specs(meta_steps, seeds)
+        specs = self.task_source.sample_specs(*self._draw_args(outer))
+        if outer + 1 < self.outer_steps:
+            # the next step's tasks do not depend on this step: a Ray task source draws them
+            # while the inner loops run
+            self.task_source.prefetch(*self._draw_args(outer + 1))
         jobs = [
             TaskJob(
                 spec=spec,
@@ -656,6 +655,15 @@ class BaseMetaAlgorithm(ABC):
             ),
             "task_timings": [rec["timings"] for rec in res],
         }
+
+    def _draw_args(self, outer: int) -> tuple[list[int], list[int | None]]:
+        """Meta steps and seeds of outer step ``outer``'s tasks."""
+        b = self.task_batch_size
+        meta_steps = [outer * b + i for i in range(b)]
+        seeds: list[int | None] = (
+            list(meta_steps) if self._task_seed_mode == "meta_step" else [None] * b
+        )
+        return meta_steps, seeds
 
     def _checked_results(
         self, results: Iterator[AdaptedResult], stats: dict[str, Any]

@@ -252,25 +252,26 @@ def adaptation_returns(
     if int(episodes) < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}.")
     n_b = len(budgets.env_steps)
+    # One job per task: the budgets are points along one adaptation run where the learner allows
+    # it (the same returns as separate runs), else separate runs inside the job.
     jobs = [
         TaskJob(
             spec=spec,
             task_seed=derive_seed(seed, _EVAL_STREAM, t),
-            index=t * n_b + b,
-            inner_steps=steps,
+            index=t,
             eval_episodes=int(episodes),
             eval_deterministic=deterministic,
             return_weights=False,
+            eval_budgets=tuple(int(s) for s in budgets.env_steps),
         )
         for t, spec in enumerate(specs)
-        for b, steps in enumerate(budgets.env_steps)
     ]
     means = np.full((len(specs), n_b), np.nan)
     raw: list[list[list[float]]] = [[[] for _ in range(n_b)] for _ in specs]
     for result in runner.run_batch(jobs, weights):
-        t, b = divmod(result.index, n_b)
-        raw[t][b] = list(result.eval_returns)
-        means[t, b] = float(np.mean(result.eval_returns))
+        for b, returns in enumerate(result.eval_returns_by_budget):
+            raw[result.index][b] = list(returns)
+            means[result.index, b] = float(np.mean(returns))
     return means, raw
 
 

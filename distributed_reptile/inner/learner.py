@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger, configure
@@ -35,6 +36,12 @@ class TaskJob:
         report their returns (meta-test evaluation).
     :param eval_deterministic: use deterministic actions in those episodes.
     :param return_weights: send the adapted parameters back (evaluation jobs do not need them).
+    :param eval_budgets: adaptation budgets in env steps (meta-test evaluation): adapt and
+        evaluate ``eval_episodes`` episodes after each, from the same start. Where the learner
+        allows it (:meth:`InnerLearner.can_chain`) the budgets are points along one adaptation
+        run, which gives bit for bit the returns of separate runs at a fraction of the cost;
+        otherwise each budget adapts afresh. ``inner_steps`` is then ignored and
+        ``AdaptedResult.eval_returns_by_budget`` holds one list of returns per budget.
     """
 
     spec: TaskSpec
@@ -45,6 +52,7 @@ class TaskJob:
     eval_episodes: int = 0
     eval_deterministic: bool = True
     return_weights: bool = True
+    eval_budgets: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -60,6 +68,7 @@ class AdaptedResult:
     worker: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     eval_returns: list[float] = field(default_factory=list)
+    eval_returns_by_budget: list[list[float]] = field(default_factory=list)
 
 
 def _recursive_getattr(obj: Any, dotted: str) -> Any:
@@ -125,24 +134,23 @@ class InnerLearner:
             t_env = time.perf_counter()
             model = self.prepare_model(env)
             self.meta_weights = meta_weights
-            self.copy_meta_to_task(model)
-            self.reset_task_state(model)
-            self._set_task_logger(model, job.tb_log_dir)
-            model.set_random_seed(job.task_seed)
+            self._fresh_start(model, job)
             t_ready = time.perf_counter()
-            default_steps = self.inner_steps
-            if job.inner_steps is not None:
-                self.inner_steps = int(job.inner_steps)
-            try:
-                if self.inner_steps > 0:
-                    self.inner_adapt(model)
-            finally:
-                self.inner_steps = default_steps
+            by_budget: list[list[float]] = []
+            if job.eval_budgets is not None:
+                by_budget = self._adapt_and_evaluate(model, job, job.eval_budgets)
+            else:
+                self._adapt(model, job.inner_steps, fresh=True)
             t_learn = time.perf_counter()
+            adapted = job.inner_steps != 0 and job.eval_budgets is None
             weights = parameters_to_numpy(model.policy) if job.return_weights else {}
-            returns = _episode_returns(model) if job.inner_steps != 0 else []
-            env_steps = int(model.num_timesteps) if job.inner_steps != 0 else 0
-            eval_returns = self.evaluate(model, job) if job.eval_episodes > 0 else []
+            returns = _episode_returns(model) if adapted else []
+            env_steps = int(model.num_timesteps) if adapted else 0
+            eval_returns = (
+                self.evaluate(model, job)
+                if job.eval_episodes > 0 and job.eval_budgets is None
+                else []
+            )
             t_eval = time.perf_counter()
         finally:
             self.meta_weights = {}
@@ -169,7 +177,71 @@ class InnerLearner:
             worker=_worker_info(),
             task=job.spec.describe(),
             eval_returns=eval_returns,
+            eval_returns_by_budget=by_budget,
         )
+
+    def _fresh_start(self, model: BaseAlgorithm, job: TaskJob) -> None:
+        """The meta weights and a new model's state in ``model``, seeded with ``job.task_seed``."""
+        self.copy_meta_to_task(model)
+        self.reset_task_state(model)
+        self._set_task_logger(model, job.tb_log_dir)
+        model.set_random_seed(job.task_seed)
+
+    def _adapt(self, model: BaseAlgorithm, steps: int | None, fresh: bool) -> None:
+        """``steps`` env steps of adaptation (``None``: the learner's ``inner_steps``): the inner
+        loop from a fresh start, or (``fresh=False``) a continuation of the run so far."""
+        default_steps = self.inner_steps
+        if steps is not None:
+            self.inner_steps = int(steps)
+        try:
+            if self.inner_steps <= 0:
+                return
+            if fresh:
+                self.inner_adapt(model)
+            else:
+                params = dict(self.inner_loop_params)
+                params["reset_num_timesteps"] = False
+                model.learn(self.inner_steps, **params)
+        finally:
+            self.inner_steps = default_steps
+
+    def _adapt_and_evaluate(
+        self, model: BaseAlgorithm, job: TaskJob, budgets: tuple[int, ...]
+    ) -> list[list[float]]:
+        """Returns after each budget of adaptation (see ``TaskJob.eval_budgets``)."""
+        chain = self.can_chain(model, job)
+        out: list[list[float]] = []
+        done = 0  # env steps of adaptation the model holds since its fresh start
+        touched = False  # anything ran since the fresh start
+        for steps in budgets:
+            steps = int(steps)
+            if touched and (not chain or steps < done):
+                self._fresh_start(model, job)
+                done, touched = 0, False
+            if steps > done:
+                self._adapt(model, steps - done, fresh=done == 0)
+                done = steps
+            out.append(self.evaluate(model, job) if job.eval_episodes > 0 else [])
+            touched = True
+        return out
+
+    def can_chain(self, model: BaseAlgorithm, job: TaskJob) -> bool:
+        """Whether adapting ``a`` then ``b - a`` more env steps ends where adapting ``b`` from the
+        start would, evaluation in between included: an on-policy SB3 learner with the default
+        inner loop, constant schedules, no gSDE, and deterministic evaluation (which draws no
+        random numbers). Its rollouts and updates then do not depend on the total length of the
+        run."""
+        from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+        if not job.eval_deterministic or type(self).inner_adapt is not InnerLearner.inner_adapt:
+            return False
+        if not isinstance(model, OnPolicyAlgorithm) or getattr(model, "use_sde", False):
+            return False
+        for name in ("lr_schedule", "clip_range", "clip_range_vf"):
+            schedule = getattr(model, name, None)
+            if callable(schedule) and len({float(schedule(p)) for p in (1.0, 0.5, 0.0)}) > 1:
+                return False
+        return True
 
     # ------------------------------------------------------------------ override points
     def build_model(self, env: Any) -> BaseAlgorithm:
@@ -254,6 +326,10 @@ class InnerLearner:
         if self.expected_spaces is None:
             return
         obs_space, act_space = self.expected_spaces
+        expected = (_box_key(obs_space), _box_key(act_space))
+        found = (_box_key(env.observation_space), _box_key(env.action_space))
+        if None not in expected and found == expected:
+            return  # identical boxes (SB3's check compares with allclose, at ~60 us per task)
         try:
             check_for_correct_spaces(env, obs_space, act_space)
         except ValueError as exc:
@@ -261,6 +337,13 @@ class InnerLearner:
                 f"Task at meta step {spec.meta_step} (info={spec.info}) has spaces that differ from the "
                 f"meta policy's: {exc}. Every task of a family must share observation and action spaces."
             ) from exc
+
+
+def _box_key(space: Any) -> tuple[Any, ...] | None:
+    """An exact description of a Box space (``None`` for other spaces)."""
+    if type(space) is not spaces.Box:
+        return None
+    return (space.shape, space.dtype, space.low.tobytes(), space.high.tobytes())
 
 
 def _torch_save_params(model: Any) -> tuple[list[str], list[str]]:
@@ -282,7 +365,20 @@ def _episode_returns(model: BaseAlgorithm) -> list[float]:
     return [float(ep["r"]) for ep in (getattr(model, "ep_info_buffer", None) or [])]
 
 
+_WORKER_INFO: dict[tuple[int, bool], dict[str, Any]] = {}
+
+
 def _worker_info() -> dict[str, Any]:
+    """pid, hostname and Ray node of this process (looked up once per process)."""
+    import ray
+
+    key = (os.getpid(), ray.is_initialized())
+    if key not in _WORKER_INFO:
+        _WORKER_INFO[key] = _lookup_worker_info()
+    return dict(_WORKER_INFO[key])
+
+
+def _lookup_worker_info() -> dict[str, Any]:
     info: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname()}
     try:
         import ray

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import uuid
 from collections import deque
@@ -26,6 +27,24 @@ from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import NumpyWeights
 
 logger = logging.getLogger(__name__)
+
+#: Meta weights up to this size travel inside the actor calls (pickled once per outer step);
+#: larger ones go into the object store once and each worker reads them zero-copy. Putting a
+#: small object in the store costs more than sending it twice (below Ray's 100 KiB limit for
+#: arguments passed by value).
+INLINE_WEIGHTS_BYTES = 64 * 1024
+
+#: The weights as an actor-call argument: pickled bytes, or a list holding their reference (the
+#: list keeps Ray from fetching them before the call starts, so the fetch is timed).
+WeightsArg = bytes | list[ray.ObjectRef]
+
+
+def weights_argument(meta_weights: NumpyWeights) -> WeightsArg:
+    """How ``meta_weights`` go to the workers this outer step (see ``INLINE_WEIGHTS_BYTES``)."""
+    if sum(a.nbytes for a in meta_weights.values()) <= INLINE_WEIGHTS_BYTES:
+        return pickle.dumps(meta_weights, protocol=5)
+    return [ray.put(meta_weights)]
+
 
 #: How long the end of a batch waits for a restarted or new worker to say who it is.
 _INFO_TIMEOUT_S = 30.0
@@ -52,14 +71,19 @@ class LearnerActor:
             "resources": ctx.get_assigned_resources(),
         }
 
-    def run(self, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]) -> list[AdaptedResult]:
+    def run(self, jobs: list[TaskJob], weights_arg: WeightsArg) -> list[AdaptedResult]:
         """Run the jobs of one call (one, or ``tasks_per_call``) in order, from the same weights.
 
-        A job that raises marks the exception with its index (``_job_index``), so the driver knows
-        which job failed and reruns the others without counting them.
+        ``weights_arg`` is the pickled weights (small networks) or a one-item list holding their
+        object-store reference. A job that raises marks the exception with its index
+        (``_job_index``), so the driver knows which job failed and reruns the others without
+        counting them.
         """
         t0 = time.perf_counter()
-        weights = ray.get(boxed_weights[0])
+        if isinstance(weights_arg, bytes):
+            weights = pickle.loads(weights_arg)
+        else:
+            weights = ray.get(weights_arg[0])
         fetch = time.perf_counter() - t0
         results: list[AdaptedResult] = []
         for job in jobs:
@@ -79,28 +103,61 @@ class LearnerActor:
 
 
 class RemoteTaskSource:
-    """Synchronous proxy to the named task-source actor (same methods as :class:`TaskSource`)."""
+    """Proxy to the named task-source actor (same methods as :class:`TaskSource`).
 
-    def __init__(self, actor: Any, name: str) -> None:
+    :meth:`prefetch` asks the actor for the next outer step's tasks without waiting, so the draw
+    overlaps the current step's inner loops; the next :meth:`sample_specs` with the same
+    arguments takes that answer. Anything else that reads or changes the source's state first
+    undoes an unused draw ahead (:meth:`settle`), so checkpoints, the history and the tasks drawn
+    are those of a run that never drew ahead.
+    """
+
+    def __init__(self, actor: Any, name: str, can_prefetch: bool = False) -> None:
         self.actor = actor
         self.name = name
+        self.can_prefetch = can_prefetch
+        self._ahead: tuple[list[int], list[int | None], ray.ObjectRef] | None = None
+
+    def prefetch(self, meta_steps: list[int], seeds: list[int | None]) -> None:
+        if not self.can_prefetch:
+            return
+        self.settle()
+        ref = self.actor.sample_specs.remote(list(meta_steps), list(seeds), True)
+        self._ahead = (list(meta_steps), list(seeds), ref)
 
     def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]:
+        ahead = self._ahead
+        if ahead is not None and ahead[0] == list(meta_steps) and ahead[1] == list(seeds):
+            self._ahead = None
+            return _unwrap(lambda: ray.get(ahead[2]))
+        self.settle()
         return _unwrap(lambda: ray.get(self.actor.sample_specs.remote(meta_steps, seeds)))
 
+    def settle(self) -> None:
+        """Undo a draw ahead that was not used."""
+        if self._ahead is None:
+            return
+        self._ahead = None
+        _unwrap(lambda: ray.get(self.actor.rollback.remote()))
+
     def reset_history(self) -> None:
+        self.settle()
         _unwrap(lambda: ray.get(self.actor.reset_history.remote()))
 
     def history(self) -> list[dict[str, Any]] | None:
+        self.settle()
         return _unwrap(lambda: ray.get(self.actor.history.remote()))
 
     def state_dict(self) -> dict[str, Any]:
+        self.settle()
         return _unwrap(lambda: ray.get(self.actor.state_dict.remote()))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.settle()
         _unwrap(lambda: ray.get(self.actor.load_state_dict.remote(state)))
 
     def close(self) -> None:
+        self._ahead = None
         ray.kill(self.actor, no_restart=True)
 
 
@@ -118,9 +175,10 @@ def make_remote_task_source(
     actor = remote_cls.options(
         name=name, num_cpus=0, max_restarts=0, scheduling_strategy=here
     ).remote(generator_cls, generator_params, True)
-    source = RemoteTaskSource(actor, name)
     _unwrap(lambda: ray.get(actor.ping.remote()))
-    return source
+    return RemoteTaskSource(
+        actor, name, can_prefetch=_unwrap(lambda: ray.get(actor.prefetchable.remote()))
+    )
 
 
 def _unwrap(call: Any) -> Any:
@@ -246,8 +304,8 @@ class RayRunner:
         return ray.get([getattr(a, method).remote(*args) for a in self.actors])
 
     def run_batch(self, jobs: list[TaskJob], meta_weights: NumpyWeights) -> Iterator[AdaptedResult]:
-        weights_ref = ray.put(meta_weights)
-        batch = _Batch(self, jobs, [weights_ref])
+        weights_arg = weights_argument(meta_weights)
+        batch = _Batch(self, jobs, weights_arg)
         try:
             while batch.cursor < len(batch.order):
                 batch.submit()
@@ -259,7 +317,7 @@ class RayRunner:
             self._refresh_worker_info()
         finally:
             batch.drain()
-            del batch, weights_ref
+            del batch, weights_arg
 
     def chunk_size(self, batch_size: int) -> int:
         """Tasks per actor call for a batch of ``batch_size`` tasks."""
@@ -326,11 +384,9 @@ class RayRunner:
 class _Batch:
     """Book-keeping of one ``run_batch`` call: what runs where, since when, how often it failed."""
 
-    def __init__(
-        self, runner: RayRunner, jobs: list[TaskJob], boxed_weights: list[ray.ObjectRef]
-    ) -> None:
+    def __init__(self, runner: RayRunner, jobs: list[TaskJob], weights_arg: WeightsArg) -> None:
         self.runner = runner
-        self.boxed = boxed_weights
+        self.weights_arg = weights_arg
         self.pending: list[TaskJob] = sorted(jobs, key=lambda j: j.index)
         self.order = [j.index for j in self.pending]
         n = runner.num_workers
@@ -369,7 +425,7 @@ class _Batch:
             chunk = self.pending[: self.chunk]
             del self.pending[: self.chunk]
             now = time.perf_counter()
-            ref = runner.actors[idx].run.remote(chunk, self.boxed)
+            ref = runner.actors[idx].run.remote(chunk, self.weights_arg)
             if not self.queues[idx]:
                 self.head_since[idx] = now
             self.queues[idx].append(ref)

@@ -68,20 +68,23 @@ def mlp_forward_backward(
     acts = [x]
     h = x
     for i in range(n_layers):
-        h = h @ params[2 * i].T + params[2 * i + 1]
+        h = h @ params[2 * i].T
+        h += params[2 * i + 1]
         if i < n_layers - 1:
-            h = np.maximum(h, 0.0)
+            np.maximum(h, 0.0, out=h)
         acts.append(h)
     diff = acts[-1] - y
-    loss = float(np.mean(diff * diff))
+    loss = float(np.vdot(diff, diff)) / diff.size
     delta = (2.0 / diff.size) * diff
+    ones = np.ones((1, len(delta)), dtype=delta.dtype)  # bias gradients as one small matmul
     if grads is None:
         grads = [np.empty_like(p) for p in params]
     for i in range(n_layers - 1, -1, -1):
         np.matmul(delta.T, acts[i], out=grads[2 * i])
-        np.sum(delta, axis=0, out=grads[2 * i + 1])
+        np.matmul(ones, delta, out=grads[2 * i + 1].reshape(1, -1))
         if i > 0:
-            delta = (delta @ params[2 * i]) * (acts[i] > 0)
+            delta = delta @ params[2 * i]
+            delta *= acts[i] > 0
     return loss, grads
 
 
@@ -118,7 +121,8 @@ class NumpyAdam:
         bc2_sqrt = math.sqrt(1.0 - b2**self.t)
         m, v, tmp = self.m, self.v, self._tmp
         m *= b1
-        m += (1.0 - b1) * grad
+        np.multiply(grad, 1.0 - b1, out=tmp)
+        m += tmp
         v *= b2
         np.multiply(grad, grad, out=tmp)
         tmp *= 1.0 - b2

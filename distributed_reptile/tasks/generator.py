@@ -120,12 +120,15 @@ class TaskGenerator:
         self._rng = np.random.default_rng(generator_seed)
         self.revisit_counter = 0
         self.selected_tasks: list[dict[str, Any]] = []
+        # (rng state, history length, revisit counter, records revisited since) at mark()
+        self._mark: tuple[dict[str, Any], int, int, list[dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ protocol
     def reset_history(self) -> None:
         """Forget past tasks (the RNG stream goes on)."""
         self.selected_tasks = []
         self.revisit_counter = 0
+        self._mark = None
 
     def get_task(
         self, meta_step: int, seed: int | None = None
@@ -146,6 +149,8 @@ class TaskGenerator:
         if can_revisit and self._rng.random() < self.revisit_ratio:
             record = self.selected_tasks[self._revisit_index()]
             record["meta_steps"].append(meta_step)
+            if self._mark is not None:
+                self._mark[3].append(record)
             return self._callable_spec(
                 meta_step,
                 record["seed"],
@@ -181,6 +186,32 @@ class TaskGenerator:
         self._rng.bit_generator.state = copy.deepcopy(state["rng"])
         self.selected_tasks = copy.deepcopy(state["selected_tasks"])
         self.revisit_counter = int(state["revisit_counter"])
+        self._mark = None
+
+    def mark(self) -> None:
+        """Remember the current state, so :meth:`rollback` can undo the draws made after it.
+
+        Cheap whatever the history's length (the history only grows between a mark and a
+        rollback, so its length and the revisited records are enough to restore it).
+        """
+        self._mark = (
+            copy.deepcopy(dict(self._rng.bit_generator.state)),
+            len(self.selected_tasks),
+            self.revisit_counter,
+            [],
+        )
+
+    def rollback(self) -> None:
+        """Return to the state of the last :meth:`mark`, as if the draws since had not happened."""
+        if self._mark is None:
+            raise RuntimeError("rollback() without a mark(): nothing to return to.")
+        rng_state, n_tasks, counter, revisited = self._mark
+        self._rng.bit_generator.state = rng_state
+        del self.selected_tasks[n_tasks:]
+        self.revisit_counter = counter
+        for record in reversed(revisited):
+            record["meta_steps"].pop()
+        self._mark = None
 
     # ------------------------------------------------------------------ helpers
     def _static_index(self, meta_step: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import warnings
 from typing import Any
@@ -38,15 +39,61 @@ class TaskSource:
             )
         self.require_picklable = require_picklable
         self.num_sampled = 0
+        #: Whether draws can be undone (:meth:`rollback`), so the trainer may draw the next outer
+        #: step's tasks ahead of time: the generator has ``mark()`` / ``rollback()`` (as
+        #: :class:`~distributed_reptile.TaskGenerator`) or ``state_dict()`` / ``load_state_dict()``.
+        self.can_prefetch = (
+            hasattr(self.generator, "mark") and hasattr(self.generator, "rollback")
+        ) or (hasattr(self.generator, "state_dict") and hasattr(self.generator, "load_state_dict"))
+        self._mark: tuple[Any, int] | None = None
 
     def ping(self) -> bool:
         return True
 
-    def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]:
-        """One spec per meta step, drawn in order."""
+    def prefetchable(self) -> bool:
+        return self.can_prefetch
+
+    def sample_specs(
+        self, meta_steps: list[int], seeds: list[int | None], mark: bool = False
+    ) -> list[TaskSpec]:
+        """One spec per meta step, drawn in order.
+
+        :param mark: remember the state before these draws, so :meth:`rollback` can undo them
+            (the trainer's draw of the next outer step's tasks ahead of time).
+        """
+        if mark:
+            self._set_mark()
         return [self._sample(m, s) for m, s in zip(meta_steps, seeds, strict=True)]
 
+    def prefetch(self, meta_steps: list[int], seeds: list[int | None]) -> None:
+        """Nothing to do in-process: drawing ahead only pays when the source is a Ray actor."""
+
+    def rollback(self) -> None:
+        """Undo the draws made since the last ``sample_specs(..., mark=True)``."""
+        if self._mark is None:
+            raise RuntimeError("rollback() without a marked draw: nothing to undo.")
+        gen_state, num_sampled = self._mark
+        if gen_state is None:
+            self.generator.rollback()
+        else:
+            self.generator.load_state_dict(gen_state)
+        self.num_sampled = num_sampled
+        self._mark = None
+
+    def _set_mark(self) -> None:
+        if not self.can_prefetch:
+            raise RuntimeError(
+                f"{type(self.generator).__name__} cannot undo draws (it has neither mark() / "
+                "rollback() nor state_dict() / load_state_dict()): its tasks cannot be drawn ahead."
+            )
+        if hasattr(self.generator, "mark") and hasattr(self.generator, "rollback"):
+            self.generator.mark()
+            self._mark = (None, self.num_sampled)
+        else:
+            self._mark = (copy.deepcopy(self.generator.state_dict()), self.num_sampled)
+
     def reset_history(self) -> None:
+        self._mark = None
         if hasattr(self.generator, "reset_history"):
             self.generator.reset_history()
 
@@ -66,6 +113,7 @@ class TaskSource:
         return {"generator": gen_state, "num_sampled": self.num_sampled}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._mark = None
         if state.get("generator") is not None and hasattr(self.generator, "load_state_dict"):
             self.generator.load_state_dict(state["generator"])
         self.num_sampled = int(state.get("num_sampled", 0))
