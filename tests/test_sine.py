@@ -113,6 +113,11 @@ def test_sine_command_trains_on_ray_workers_writes_its_outputs_and_beats_the_ran
             str(out),
             "--outer-steps",
             "600",
+            # a gentler outer loop than the default's (tuned for 8000 steps)
+            "--task-batch-size",
+            "5",
+            "--meta-lr",
+            "0.4",
             "--num-workers",
             "2",
             "--eval-tasks",

@@ -198,3 +198,6 @@ def test_rollback_without_mark_is_refused():
     gen = TaskGenerator(task_callable=make_cartpole_task, generator_seed=0)
     with pytest.raises(RuntimeError, match="mark"):
         gen.rollback()
+    gen.mark()
+    with pytest.raises(RuntimeError, match="mark"):
+        gen.rollback(1)

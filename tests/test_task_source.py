@@ -44,7 +44,7 @@ def test_rollback_through_state_dict_when_the_generator_has_no_mark():
     assert source.can_prefetch
     source.sample_specs([0, 1], [None, None])
     ahead = _described(source.sample_specs([2, 3], [None, None], mark=True))
-    source.rollback()
+    source.rollback(0)
     assert source.num_sampled == 2
     assert _described(source.sample_specs([2, 3], [None, None])) == ahead
 
@@ -58,6 +58,54 @@ def test_a_generator_that_cannot_undo_draws_is_never_drawn_ahead():
         source.rollback()
 
 
+def _steps(first: int, n: int, b: int = 2) -> list[tuple[list[int], list[int | None]]]:
+    return [([o * b + i for i in range(b)], [None] * b) for o in range(first, first + n)]
+
+
+@pytest.mark.parametrize("generator", ["task_generator", "state_only"])
+def test_steps_drawn_ahead_are_undone_from_any_step(generator):
+    """Draw 5 steps ahead, use some, undo the rest: the source continues as if it had drawn
+    only the steps used (with revisits, whose history entries are undone too)."""
+    if generator == "task_generator":
+        cls: Any = TaskGenerator
+        params: dict[str, Any] = {
+            "task_callable": make_cartpole_task,
+            "revisit_ratio": 0.6,
+            "generator_seed": 4,
+        }
+    else:
+        cls, params = StateOnlyGenerator, {"seed": 4}
+    for used in range(5):
+        straight = TaskSource(cls, params)
+        expected = [_described(straight.sample_specs(m, s)) for m, s in _steps(0, 9)]
+        source = TaskSource(cls, params)
+        got = [_described(source.sample_specs(m, s)) for m, s in _steps(0, 2)]
+        ahead = source.sample_steps(_steps(2, 5))
+        got += [_described(specs) for specs in ahead[:used]]
+        source.rollback(used)
+        got += [_described(source.sample_specs(m, s)) for m, s in _steps(2 + used, 7 - used)]
+        assert got == expected, used
+        assert source.state_dict() == straight.state_dict()
+
+
+class FailsAtStep:
+    """A generator that raises for meta step 6 (outer step 3, with 2 tasks per step)."""
+
+    def __init__(self) -> None:
+        self.gen = TaskGenerator(task_callable=make_cartpole_task, generator_seed=0)
+
+    def get_task(self, meta_step: int, seed: int | None = None) -> tuple[Any, dict, Any]:
+        if meta_step == 6:
+            raise RuntimeError("no task for meta step 6")
+        return self.gen.get_task(meta_step, seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.gen.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.load_state_dict(state)
+
+
 def test_remote_source_draws_ahead_and_undoes_unused_draws(ray_session):
     params = {"task_callable": make_cartpole_task, "revisit_ratio": 0.5, "generator_seed": 1}
     remote = make_remote_task_source(TaskGenerator, params)
@@ -65,18 +113,30 @@ def test_remote_source_draws_ahead_and_undoes_unused_draws(ray_session):
     assert remote.can_prefetch
     try:
         for step in range(6):
-            steps = [2 * step, 2 * step + 1]
-            got = remote.sample_specs(steps, [None, None])
-            assert _described(got) == _described(local.sample_specs(steps, [None, None]))
-            remote.prefetch([2 * step + 2, 2 * step + 3], [None, None])
-        # a draw ahead is pending: reading the state undoes it first
+            (steps, seeds) = _steps(step, 1)[0]
+            got = remote.sample_specs(steps, seeds)
+            assert _described(got) == _described(local.sample_specs(steps, seeds))
+            remote.prefetch(_steps(step + 1, 4))
+        # steps drawn ahead are pending: reading the state undoes them first
         assert remote.state_dict() == local.state_dict()
         assert local.history() and remote.history() == local.history()
-        # a request other than the one drawn ahead: the draw is undone, then this one is made
-        remote.prefetch([12, 13], [None, None])
+        # a request other than the next step drawn ahead: the rest is undone, then it is drawn
+        remote.prefetch(_steps(6, 4))
         assert _described(remote.sample_specs([12], [7])) == _described(
             local.sample_specs([12], [7])
         )
         assert remote.state_dict() == local.state_dict()
+    finally:
+        remote.close()
+
+
+def test_a_draw_ahead_that_fails_fails_at_its_own_step(ray_session):
+    remote = make_remote_task_source(FailsAtStep, {})
+    try:
+        remote.prefetch(_steps(0, 5))
+        for m, s in _steps(0, 3):
+            remote.sample_specs(m, s)  # steps 0-2 (meta steps 0-5) come from the draw ahead
+        with pytest.raises(Exception, match="no task for meta step 6"):
+            remote.sample_specs(*_steps(3, 1)[0])
     finally:
         remote.close()

@@ -53,6 +53,8 @@ SelfMeta = TypeVar("SelfMeta", bound="BaseMetaAlgorithm")
 BACKENDS = ("ray", "serial")
 TASK_SEED_MODES = ("generator", "meta_step")
 _INIT_STREAM = 0x1417
+#: Outer steps whose tasks a Ray task source draws ahead, in one call (undone when unused).
+DRAW_AHEAD_STEPS = 8
 
 
 SB3_METHODS = ("learn", "predict", "set_env", "get_env", "set_random_seed", "save")
@@ -597,10 +599,10 @@ class BaseMetaAlgorithm(ABC):
     def _outer_step(self, outer: int, inner_root: str | None) -> dict[str, Any]:
         t_start = time.perf_counter()
         specs = self.task_source.sample_specs(*self._draw_args(outer))
-        if outer + 1 < self.outer_steps:
-            # the next step's tasks do not depend on this step: a Ray task source draws them
-            # while the inner loops run
-            self.task_source.prefetch(*self._draw_args(outer + 1))
+        # The next steps' tasks do not depend on this step: a Ray task source draws them (a few
+        # steps per call) while the inner loops run.
+        last = min(outer + 1 + DRAW_AHEAD_STEPS, self.outer_steps)
+        self.task_source.prefetch([self._draw_args(o) for o in range(outer + 1, last)])
         jobs = [
             TaskJob(
                 spec=spec,

@@ -20,9 +20,10 @@ class TaskSourceHandle(Protocol):
 
     def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]: ...
 
-    def prefetch(self, meta_steps: list[int], seeds: list[int | None]) -> None:
-        """Start drawing these tasks now; the next ``sample_specs`` with the same arguments
-        returns them. Unused, they are undone before anything else reads the source."""
+    def prefetch(self, steps: list[tuple[list[int], list[int | None]]]) -> None:
+        """Start drawing the tasks of these outer steps (``(meta_steps, seeds)`` each); the next
+        ``sample_specs`` calls with the same arguments return them. Unused, they are undone
+        before anything else reads the source."""
         ...
 
     def reset_history(self) -> None: ...

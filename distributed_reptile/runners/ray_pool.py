@@ -105,40 +105,66 @@ class LearnerActor:
 class RemoteTaskSource:
     """Proxy to the named task-source actor (same methods as :class:`TaskSource`).
 
-    :meth:`prefetch` asks the actor for the next outer step's tasks without waiting, so the draw
-    overlaps the current step's inner loops; the next :meth:`sample_specs` with the same
-    arguments takes that answer. Anything else that reads or changes the source's state first
-    undoes an unused draw ahead (:meth:`settle`), so checkpoints, the history and the tasks drawn
-    are those of a run that never drew ahead.
+    :meth:`prefetch` asks the actor for the tasks of the next few outer steps in one call, without
+    waiting, so the draws overlap the inner loops and the actor is called once per few steps;
+    :meth:`sample_specs` then serves them in order. Anything else that reads or changes the
+    source's state first undoes the steps drawn ahead and not used (:meth:`settle`), so
+    checkpoints, the history and the tasks drawn are those of a run that never drew ahead.
     """
 
     def __init__(self, actor: Any, name: str, can_prefetch: bool = False) -> None:
         self.actor = actor
         self.name = name
         self.can_prefetch = can_prefetch
-        self._ahead: tuple[list[int], list[int | None], ray.ObjectRef] | None = None
+        self._planned: list[tuple[list[int], list[int | None]]] = []
+        self._ahead_ref: ray.ObjectRef | None = None
+        self._drawn: list[list[TaskSpec]] | None = None
+        self._used = 0
 
-    def prefetch(self, meta_steps: list[int], seeds: list[int | None]) -> None:
-        if not self.can_prefetch:
+    def prefetch(self, steps: list[tuple[list[int], list[int | None]]]) -> None:
+        """Draw ``steps`` (``(meta_steps, seeds)`` per outer step) ahead, unless the steps
+        already drawn ahead and not used start with the first of them."""
+        if not self.can_prefetch or not steps:
+            return
+        first = (list(steps[0][0]), list(steps[0][1]))
+        if self._ahead_ref is not None and self._planned[self._used] == first:
             return
         self.settle()
-        ref = self.actor.sample_specs.remote(list(meta_steps), list(seeds), True)
-        self._ahead = (list(meta_steps), list(seeds), ref)
+        self._planned = [(list(m), list(s)) for m, s in steps]
+        self._ahead_ref = self.actor.sample_steps.remote(self._planned)
 
     def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]:
-        ahead = self._ahead
-        if ahead is not None and ahead[0] == list(meta_steps) and ahead[1] == list(seeds):
-            self._ahead = None
-            return _unwrap(lambda: ray.get(ahead[2]))
+        if self._ahead_ref is not None and self._planned[self._used] == (
+            list(meta_steps),
+            list(seeds),
+        ):
+            if self._drawn is None:
+                ref = self._ahead_ref
+                self._drawn = _unwrap(lambda: ray.get(ref))
+            if self._used < len(self._drawn):
+                specs = self._drawn[self._used]
+                self._used += 1
+                if self._used == len(self._planned):
+                    self._forget_ahead()
+                return specs
+            # the actor's draw of this step failed (and was undone there): draw it again now,
+            # so the failure surfaces here, as without drawing ahead
+            self._forget_ahead()
         self.settle()
         return _unwrap(lambda: ray.get(self.actor.sample_specs.remote(meta_steps, seeds)))
 
     def settle(self) -> None:
-        """Undo a draw ahead that was not used."""
-        if self._ahead is None:
+        """Undo the steps drawn ahead and not used."""
+        if self._ahead_ref is None:
             return
-        self._ahead = None
-        _unwrap(lambda: ray.get(self.actor.rollback.remote()))
+        ref, used = self._ahead_ref, self._used
+        drawn = self._drawn if self._drawn is not None else _unwrap(lambda: ray.get(ref))
+        self._forget_ahead()
+        if used < len(drawn):
+            _unwrap(lambda: ray.get(self.actor.rollback.remote(used)))
+
+    def _forget_ahead(self) -> None:
+        self._planned, self._ahead_ref, self._drawn, self._used = [], None, None, 0
 
     def reset_history(self) -> None:
         self.settle()
@@ -157,7 +183,7 @@ class RemoteTaskSource:
         _unwrap(lambda: ray.get(self.actor.load_state_dict.remote(state)))
 
     def close(self) -> None:
-        self._ahead = None
+        self._forget_ahead()
         ray.kill(self.actor, no_restart=True)
 
 

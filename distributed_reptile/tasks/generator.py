@@ -120,15 +120,15 @@ class TaskGenerator:
         self._rng = np.random.default_rng(generator_seed)
         self.revisit_counter = 0
         self.selected_tasks: list[dict[str, Any]] = []
-        # (rng state, history length, revisit counter, records revisited since) at mark()
-        self._mark: tuple[dict[str, Any], int, int, list[dict[str, Any]]] | None = None
+        # one (rng state, history length, revisit counter, records revisited since) per mark()
+        self._marks: list[tuple[dict[str, Any], int, int, list[dict[str, Any]]]] = []
 
     # ------------------------------------------------------------------ protocol
     def reset_history(self) -> None:
         """Forget past tasks (the RNG stream goes on)."""
         self.selected_tasks = []
         self.revisit_counter = 0
-        self._mark = None
+        self._marks = []
 
     def get_task(
         self, meta_step: int, seed: int | None = None
@@ -149,8 +149,8 @@ class TaskGenerator:
         if can_revisit and self._rng.random() < self.revisit_ratio:
             record = self.selected_tasks[self._revisit_index()]
             record["meta_steps"].append(meta_step)
-            if self._mark is not None:
-                self._mark[3].append(record)
+            if self._marks:
+                self._marks[-1][3].append(record)
             return self._callable_spec(
                 meta_step,
                 record["seed"],
@@ -186,32 +186,47 @@ class TaskGenerator:
         self._rng.bit_generator.state = copy.deepcopy(state["rng"])
         self.selected_tasks = copy.deepcopy(state["selected_tasks"])
         self.revisit_counter = int(state["revisit_counter"])
-        self._mark = None
+        self._marks = []
 
-    def mark(self) -> None:
+    def mark(self) -> int:
         """Remember the current state, so :meth:`rollback` can undo the draws made after it.
 
-        Cheap whatever the history's length (the history only grows between a mark and a
-        rollback, so its length and the revisited records are enough to restore it).
-        """
-        self._mark = (
-            copy.deepcopy(dict(self._rng.bit_generator.state)),
-            len(self.selected_tasks),
-            self.revisit_counter,
-            [],
-        )
+        Marks stack up (one per outer step drawn ahead); each is cheap whatever the history's
+        length: the history only grows between a mark and a rollback, so its length and the
+        records revisited since are enough to restore it.
 
-    def rollback(self) -> None:
-        """Return to the state of the last :meth:`mark`, as if the draws since had not happened."""
-        if self._mark is None:
-            raise RuntimeError("rollback() without a mark(): nothing to return to.")
-        rng_state, n_tasks, counter, revisited = self._mark
+        :return: the mark's position, for :meth:`rollback`.
+        """
+        self._marks.append(
+            (
+                copy.deepcopy(dict(self._rng.bit_generator.state)),
+                len(self.selected_tasks),
+                self.revisit_counter,
+                [],
+            )
+        )
+        return len(self._marks) - 1
+
+    def rollback(self, position: int = 0) -> None:
+        """Return to the state of mark ``position``, as if the draws since had not happened;
+        that mark and the later ones are dropped."""
+        if not 0 <= position < len(self._marks):
+            raise RuntimeError(
+                f"rollback({position}) without that mark() ({len(self._marks)} held): "
+                "nothing to return to."
+            )
+        for _, _, _, revisited in reversed(self._marks[position:]):
+            for record in reversed(revisited):
+                record["meta_steps"].pop()
+        rng_state, n_tasks, counter, _ = self._marks[position]
         self._rng.bit_generator.state = rng_state
         del self.selected_tasks[n_tasks:]
         self.revisit_counter = counter
-        for record in reversed(revisited):
-            record["meta_steps"].pop()
-        self._mark = None
+        del self._marks[position:]
+
+    def release_marks(self) -> None:
+        """Keep the draws made since the marks (forget the marks)."""
+        self._marks = []
 
     # ------------------------------------------------------------------ helpers
     def _static_index(self, meta_step: int) -> int:

@@ -40,12 +40,15 @@ class TaskSource:
         self.require_picklable = require_picklable
         self.num_sampled = 0
         #: Whether draws can be undone (:meth:`rollback`), so the trainer may draw the next outer
-        #: step's tasks ahead of time: the generator has ``mark()`` / ``rollback()`` (as
-        #: :class:`~distributed_reptile.TaskGenerator`) or ``state_dict()`` / ``load_state_dict()``.
-        self.can_prefetch = (
-            hasattr(self.generator, "mark") and hasattr(self.generator, "rollback")
-        ) or (hasattr(self.generator, "state_dict") and hasattr(self.generator, "load_state_dict"))
-        self._mark: tuple[Any, int] | None = None
+        #: steps' tasks ahead of time: the generator has ``mark()`` / ``rollback(position)`` /
+        #: ``release_marks()`` (as :class:`~distributed_reptile.TaskGenerator`) or
+        #: ``state_dict()`` / ``load_state_dict()``.
+        self.can_prefetch = self._undoes_own_draws() or (
+            hasattr(self.generator, "state_dict") and hasattr(self.generator, "load_state_dict")
+        )
+        # one (generator state or None when the generator keeps it, num_sampled) per step drawn
+        # ahead
+        self._marks: list[tuple[Any, int]] = []
 
     def ping(self) -> bool:
         return True
@@ -58,27 +61,47 @@ class TaskSource:
     ) -> list[TaskSpec]:
         """One spec per meta step, drawn in order.
 
-        :param mark: remember the state before these draws, so :meth:`rollback` can undo them
-            (the trainer's draw of the next outer step's tasks ahead of time).
+        :param mark: remember the state before these draws, so :meth:`rollback` can undo them.
         """
         if mark:
+            self._release()
             self._set_mark()
         return [self._sample(m, s) for m, s in zip(meta_steps, seeds, strict=True)]
 
-    def prefetch(self, meta_steps: list[int], seeds: list[int | None]) -> None:
+    def sample_steps(self, steps: list[tuple[list[int], list[int | None]]]) -> list[list[TaskSpec]]:
+        """The tasks of several outer steps ahead of time (``(meta_steps, seeds)`` per step),
+        with a mark before each step, so :meth:`rollback` can undo the steps not used.
+
+        Stops at the first step whose draw fails, undoing that step's partial draw: the caller
+        gets the steps before it, and the failure again when it asks for that step itself.
+        """
+        self._release()
+        out: list[list[TaskSpec]] = []
+        for meta_steps, seeds in steps:
+            self._set_mark()
+            try:
+                out.append([self._sample(m, s) for m, s in zip(meta_steps, seeds, strict=True)])
+            except Exception:
+                self.rollback(len(out))
+                break
+        return out
+
+    def prefetch(self, steps: list[tuple[list[int], list[int | None]]]) -> None:
         """Nothing to do in-process: drawing ahead only pays when the source is a Ray actor."""
 
-    def rollback(self) -> None:
-        """Undo the draws made since the last ``sample_specs(..., mark=True)``."""
-        if self._mark is None:
-            raise RuntimeError("rollback() without a marked draw: nothing to undo.")
-        gen_state, num_sampled = self._mark
+    def rollback(self, position: int = 0) -> None:
+        """Undo the draws made since mark ``position`` (the first step drawn ahead: 0)."""
+        if not 0 <= position < len(self._marks):
+            raise RuntimeError(
+                f"rollback({position}) with {len(self._marks)} marked draws: nothing to undo."
+            )
+        gen_state, num_sampled = self._marks[position]
         if gen_state is None:
-            self.generator.rollback()
+            self.generator.rollback(position)
         else:
             self.generator.load_state_dict(gen_state)
         self.num_sampled = num_sampled
-        self._mark = None
+        del self._marks[position:]
 
     def _set_mark(self) -> None:
         if not self.can_prefetch:
@@ -86,14 +109,23 @@ class TaskSource:
                 f"{type(self.generator).__name__} cannot undo draws (it has neither mark() / "
                 "rollback() nor state_dict() / load_state_dict()): its tasks cannot be drawn ahead."
             )
-        if hasattr(self.generator, "mark") and hasattr(self.generator, "rollback"):
+        if self._undoes_own_draws():
             self.generator.mark()
-            self._mark = (None, self.num_sampled)
+            self._marks.append((None, self.num_sampled))
         else:
-            self._mark = (copy.deepcopy(self.generator.state_dict()), self.num_sampled)
+            self._marks.append((copy.deepcopy(self.generator.state_dict()), self.num_sampled))
+
+    def _release(self) -> None:
+        """Keep the draws made so far (forget the marks)."""
+        if self._marks and self._undoes_own_draws():
+            self.generator.release_marks()
+        self._marks = []
+
+    def _undoes_own_draws(self) -> bool:
+        return all(hasattr(self.generator, m) for m in ("mark", "rollback", "release_marks"))
 
     def reset_history(self) -> None:
-        self._mark = None
+        self._release()
         if hasattr(self.generator, "reset_history"):
             self.generator.reset_history()
 
@@ -113,7 +145,7 @@ class TaskSource:
         return {"generator": gen_state, "num_sampled": self.num_sampled}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._mark = None
+        self._release()
         if state.get("generator") is not None and hasattr(self.generator, "load_state_dict"):
             self.generator.load_state_dict(state["generator"])
         self.num_sampled = int(state.get("num_sampled", 0))
