@@ -82,6 +82,11 @@ def test_steps_drawn_ahead_are_undone_from_any_step(generator):
         got = [_described(source.sample_specs(m, s)) for m, s in _steps(0, 2)]
         ahead = source.sample_steps(_steps(2, 5))
         got += [_described(specs) for specs in ahead[:used]]
+        # the state a checkpoint takes here: as if only the steps used had been drawn
+        reference = TaskSource(cls, params)
+        for m, s in _steps(0, 2 + used):
+            reference.sample_specs(m, s)
+        assert source.state_dict(used) == reference.state_dict()
         source.rollback(used)
         got += [_described(source.sample_specs(m, s)) for m, s in _steps(2 + used, 7 - used)]
         assert got == expected, used
@@ -117,13 +122,21 @@ def test_remote_source_draws_ahead_and_undoes_unused_draws(ray_session):
             got = remote.sample_specs(steps, seeds)
             assert _described(got) == _described(local.sample_specs(steps, seeds))
             remote.prefetch(_steps(step + 1, 4))
-        # steps drawn ahead are pending: reading the state undoes them first
+        # steps drawn ahead are pending: the state (a checkpoint) is the state before them, and
+        # they stay drawn
         assert remote.state_dict() == local.state_dict()
+        assert remote._ahead_ref is not None
+        (steps, seeds) = _steps(6, 1)[0]
+        assert _described(remote.sample_specs(steps, seeds)) == _described(
+            local.sample_specs(steps, seeds)
+        )
+        remote.prefetch(_steps(7, 4))
+        # reading the history undoes them first
         assert local.history() and remote.history() == local.history()
         # a request other than the next step drawn ahead: the rest is undone, then it is drawn
-        remote.prefetch(_steps(6, 4))
-        assert _described(remote.sample_specs([12], [7])) == _described(
-            local.sample_specs([12], [7])
+        remote.prefetch(_steps(7, 4))
+        assert _described(remote.sample_specs([14], [7])) == _described(
+            local.sample_specs([14], [7])
         )
         assert remote.state_dict() == local.state_dict()
     finally:

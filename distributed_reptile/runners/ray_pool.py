@@ -107,9 +107,10 @@ class RemoteTaskSource:
 
     :meth:`prefetch` asks the actor for the tasks of the next few outer steps in one call, without
     waiting, so the draws overlap the inner loops and the actor is called once per few steps;
-    :meth:`sample_specs` then serves them in order. Anything else that reads or changes the
-    source's state first undoes the steps drawn ahead and not used (:meth:`settle`), so
-    checkpoints, the history and the tasks drawn are those of a run that never drew ahead.
+    :meth:`sample_specs` then serves them in order. :meth:`state_dict` (checkpoints) returns the
+    state before the first unused step, and anything else that reads or changes the source first
+    undoes the steps drawn ahead and not used (:meth:`settle`), so checkpoints, the history and
+    the tasks drawn are those of a run that never drew ahead.
     """
 
     def __init__(self, actor: Any, name: str, can_prefetch: bool = False) -> None:
@@ -175,8 +176,16 @@ class RemoteTaskSource:
         return _unwrap(lambda: ray.get(self.actor.history.remote()))
 
     def state_dict(self) -> dict[str, Any]:
-        self.settle()
-        return _unwrap(lambda: ray.get(self.actor.state_dict.remote()))
+        """The state before the first step drawn ahead and not used; those steps stay drawn (a
+        checkpoint every outer step would otherwise redraw them every step)."""
+        position = None
+        if self._ahead_ref is not None:
+            if self._drawn is None:
+                ref = self._ahead_ref
+                self._drawn = _unwrap(lambda: ray.get(ref))
+            if self._used < len(self._drawn):
+                position = self._used
+        return _unwrap(lambda: ray.get(self.actor.state_dict.remote(position)))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.settle()

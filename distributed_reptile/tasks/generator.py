@@ -120,8 +120,9 @@ class TaskGenerator:
         self._rng = np.random.default_rng(generator_seed)
         self.revisit_counter = 0
         self.selected_tasks: list[dict[str, Any]] = []
-        # one (rng state, history length, revisit counter, records revisited since) per mark()
-        self._marks: list[tuple[dict[str, Any], int, int, list[dict[str, Any]]]] = []
+        # one (rng state, history length, revisit counter, history indices revisited since) per
+        # mark()
+        self._marks: list[tuple[dict[str, Any], int, int, list[int]]] = []
 
     # ------------------------------------------------------------------ protocol
     def reset_history(self) -> None:
@@ -147,10 +148,11 @@ class TaskGenerator:
 
         can_revisit = self.history and meta_step >= self.revisit_start and bool(self.selected_tasks)
         if can_revisit and self._rng.random() < self.revisit_ratio:
-            record = self.selected_tasks[self._revisit_index()]
+            index = self._revisit_index()
+            record = self.selected_tasks[index]
             record["meta_steps"].append(meta_step)
             if self._marks:
-                self._marks[-1][3].append(record)
+                self._marks[-1][3].append(index)
             return self._callable_spec(
                 meta_step,
                 record["seed"],
@@ -216,13 +218,30 @@ class TaskGenerator:
                 "nothing to return to."
             )
         for _, _, _, revisited in reversed(self._marks[position:]):
-            for record in reversed(revisited):
-                record["meta_steps"].pop()
+            for index in reversed(revisited):
+                self.selected_tasks[index]["meta_steps"].pop()
         rng_state, n_tasks, counter, _ = self._marks[position]
         self._rng.bit_generator.state = rng_state
         del self.selected_tasks[n_tasks:]
         self.revisit_counter = counter
         del self._marks[position:]
+
+    def state_dict_at(self, position: int) -> dict[str, Any]:
+        """What :meth:`state_dict` returned at mark ``position``, without undoing anything (a
+        checkpoint taken while later steps are drawn ahead)."""
+        if not 0 <= position < len(self._marks):
+            raise RuntimeError(f"No mark {position} ({len(self._marks)} held).")
+        rng_state, n_tasks, counter, _ = self._marks[position]
+        tasks = copy.deepcopy(self.selected_tasks[:n_tasks])
+        for _, _, _, revisited in reversed(self._marks[position:]):
+            for index in reversed(revisited):
+                if index < n_tasks:
+                    tasks[index]["meta_steps"].pop()
+        return {
+            "rng": copy.deepcopy(rng_state),
+            "selected_tasks": tasks,
+            "revisit_counter": counter,
+        }
 
     def release_marks(self) -> None:
         """Keep the draws made since the marks (forget the marks)."""

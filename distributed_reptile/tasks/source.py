@@ -41,7 +41,8 @@ class TaskSource:
         self.num_sampled = 0
         #: Whether draws can be undone (:meth:`rollback`), so the trainer may draw the next outer
         #: steps' tasks ahead of time: the generator has ``mark()`` / ``rollback(position)`` /
-        #: ``release_marks()`` (as :class:`~distributed_reptile.TaskGenerator`) or
+        #: ``release_marks()`` / ``state_dict_at(position)`` (as
+        #: :class:`~distributed_reptile.TaskGenerator`) or
         #: ``state_dict()`` / ``load_state_dict()``.
         self.can_prefetch = self._undoes_own_draws() or (
             hasattr(self.generator, "state_dict") and hasattr(self.generator, "load_state_dict")
@@ -122,7 +123,8 @@ class TaskSource:
         self._marks = []
 
     def _undoes_own_draws(self) -> bool:
-        return all(hasattr(self.generator, m) for m in ("mark", "rollback", "release_marks"))
+        methods = ("mark", "rollback", "release_marks", "state_dict_at")
+        return all(hasattr(self.generator, m) for m in methods)
 
     def reset_history(self) -> None:
         self._release()
@@ -132,7 +134,16 @@ class TaskSource:
     def history(self) -> list[dict[str, Any]] | None:
         return getattr(self.generator, "selected_tasks", None)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, position: int | None = None) -> dict[str, Any]:
+        """The source's state, or (``position``) its state at that mark: before the steps drawn
+        ahead from there on, which stay drawn (a checkpoint does not undo them)."""
+        if position is not None:
+            if not 0 <= position < len(self._marks):
+                raise RuntimeError(f"No marked draw {position} ({len(self._marks)} held).")
+            gen_state, num_sampled = self._marks[position]
+            if gen_state is None:
+                gen_state = self.generator.state_dict_at(position)
+            return {"generator": copy.deepcopy(gen_state), "num_sampled": num_sampled}
         gen_state = None
         if hasattr(self.generator, "state_dict"):
             gen_state = self.generator.state_dict()
