@@ -238,7 +238,8 @@ def _same_error(cause: BaseException, err: BaseException) -> BaseException:
 class RayRunner:
     """Runs inner loops on ``num_workers`` long-lived Ray actors, and survives their failures.
 
-    Meta weights go into the object store once per outer step; each actor reads them zero-copy.
+    Meta weights go into the object store once per outer step and each actor reads them
+    zero-copy, or, up to ``INLINE_WEIGHTS_BYTES``, travel pickled inside the actor calls.
     Results are collected as they arrive (``ray.wait``) and handed over in task order, holding at
     most ``window`` results at once, so the fold into the meta weights does not depend on
     scheduling.
