@@ -228,14 +228,21 @@ class InnerLearner:
     def can_chain(self, model: BaseAlgorithm, job: TaskJob) -> bool:
         """Whether adapting ``a`` then ``b - a`` more env steps ends where adapting ``b`` from the
         start would, evaluation in between included: an on-policy SB3 learner with the default
-        inner loop, constant schedules, no gSDE, and deterministic evaluation (which draws no
-        random numbers). Its rollouts and updates then do not depend on the total length of the
-        run."""
+        inner loop and evaluation, no callback, constant schedules, no gSDE, every budget a whole
+        number of rollouts (SB3 finishes the rollout it started), and deterministic evaluation
+        (which draws no random numbers). Its rollouts and updates then do not depend on the total
+        length of the run."""
         from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-        if not job.eval_deterministic or type(self).inner_adapt is not InnerLearner.inner_adapt:
+        if not job.eval_deterministic or "callback" in self.inner_loop_params:
             return False
+        for method in ("inner_adapt", "evaluate"):
+            if getattr(type(self), method) is not getattr(InnerLearner, method):
+                return False
         if not isinstance(model, OnPolicyAlgorithm) or getattr(model, "use_sde", False):
+            return False
+        rollout = int(model.n_steps) * int(model.n_envs)
+        if any(int(b) % rollout for b in job.eval_budgets or ()):
             return False
         for name in ("lr_schedule", "clip_range", "clip_range_vf"):
             schedule = getattr(model, name, None)

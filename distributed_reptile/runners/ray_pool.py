@@ -139,11 +139,9 @@ class RemoteTaskSource:
             list(meta_steps),
             list(seeds),
         ):
-            if self._drawn is None:
-                ref = self._ahead_ref
-                self._drawn = _unwrap(lambda: ray.get(ref))
-            if self._used < len(self._drawn):
-                specs = self._drawn[self._used]
+            drawn = self._drawn_steps()
+            if self._used < len(drawn):
+                specs = drawn[self._used]
                 self._used += 1
                 if self._used == len(self._planned):
                     self._forget_ahead()
@@ -158,11 +156,23 @@ class RemoteTaskSource:
         """Undo the steps drawn ahead and not used."""
         if self._ahead_ref is None:
             return
-        ref, used = self._ahead_ref, self._used
-        drawn = self._drawn if self._drawn is not None else _unwrap(lambda: ray.get(ref))
+        used, drawn = self._used, self._drawn_steps()
         self._forget_ahead()
         if used < len(drawn):
             _unwrap(lambda: ray.get(self.actor.rollback.remote(used)))
+
+    def _drawn_steps(self) -> list[list[TaskSpec]]:
+        """The steps drawn ahead (fetched once); a failed fetch forgets them, so the proxy does
+        not keep raising the same error."""
+        if self._drawn is None:
+            ref = self._ahead_ref
+            assert ref is not None
+            try:
+                self._drawn = _unwrap(lambda: ray.get(ref))
+            except BaseException:
+                self._forget_ahead()
+                raise
+        return self._drawn
 
     def _forget_ahead(self) -> None:
         self._planned, self._ahead_ref, self._drawn, self._used = [], None, None, 0
@@ -179,12 +189,8 @@ class RemoteTaskSource:
         """The state before the first step drawn ahead and not used; those steps stay drawn (a
         checkpoint every outer step would otherwise redraw them every step)."""
         position = None
-        if self._ahead_ref is not None:
-            if self._drawn is None:
-                ref = self._ahead_ref
-                self._drawn = _unwrap(lambda: ray.get(ref))
-            if self._used < len(self._drawn):
-                position = self._used
+        if self._ahead_ref is not None and self._used < len(self._drawn_steps()):
+            position = self._used
         return _unwrap(lambda: ray.get(self.actor.state_dict.remote(position)))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -40,6 +40,9 @@ _GRID = np.linspace(X_RANGE[0], X_RANGE[1], GRID_POINTS, dtype=np.float32).resha
 _GRID.setflags(write=False)
 _OBS_SPACE = spaces.Box(X_RANGE[0], X_RANGE[1], shape=(1,), dtype=np.float32)
 _ACT_SPACE = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+for _space in (_OBS_SPACE, _ACT_SPACE):  # the copies share these arrays: no edits in place
+    for _bounds in (_space.low, _space.high, _space.bounded_below, _space.bounded_above):
+        _bounds.setflags(write=False)
 
 
 class SineTaskEnv(gym.Env):

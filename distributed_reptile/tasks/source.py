@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import pickle
 import warnings
 from typing import Any
@@ -42,14 +41,12 @@ class TaskSource:
         #: Whether draws can be undone (:meth:`rollback`), so the trainer may draw the next outer
         #: steps' tasks ahead of time: the generator has ``mark()`` / ``rollback(position)`` /
         #: ``release_marks()`` / ``state_dict_at(position)`` (as
-        #: :class:`~distributed_reptile.TaskGenerator`) or
-        #: ``state_dict()`` / ``load_state_dict()``.
-        self.can_prefetch = self._undoes_own_draws() or (
-            hasattr(self.generator, "state_dict") and hasattr(self.generator, "load_state_dict")
-        )
-        # one (generator state or None when the generator keeps it, num_sampled) per step drawn
-        # ahead
-        self._marks: list[tuple[Any, int]] = []
+        #: :class:`~distributed_reptile.TaskGenerator`). Other generators are not drawn ahead
+        #: (undoing through ``load_state_dict`` would make even an uninterrupted run depend on
+        #: their ``state_dict`` being complete).
+        self.can_prefetch = self._undoes_own_draws()
+        # num_sampled at each mark (one per step drawn ahead; the generator keeps the rest)
+        self._marks: list[int] = []
 
     def ping(self) -> bool:
         return True
@@ -96,29 +93,22 @@ class TaskSource:
             raise RuntimeError(
                 f"rollback({position}) with {len(self._marks)} marked draws: nothing to undo."
             )
-        gen_state, num_sampled = self._marks[position]
-        if gen_state is None:
-            self.generator.rollback(position)
-        else:
-            self.generator.load_state_dict(gen_state)
-        self.num_sampled = num_sampled
+        self.generator.rollback(position)
+        self.num_sampled = self._marks[position]
         del self._marks[position:]
 
     def _set_mark(self) -> None:
         if not self.can_prefetch:
             raise RuntimeError(
-                f"{type(self.generator).__name__} cannot undo draws (it has neither mark() / "
-                "rollback() nor state_dict() / load_state_dict()): its tasks cannot be drawn ahead."
+                f"{type(self.generator).__name__} cannot undo draws (it lacks mark() / "
+                "rollback() / release_marks() / state_dict_at()): its tasks cannot be drawn ahead."
             )
-        if self._undoes_own_draws():
-            self.generator.mark()
-            self._marks.append((None, self.num_sampled))
-        else:
-            self._marks.append((copy.deepcopy(self.generator.state_dict()), self.num_sampled))
+        self.generator.mark()
+        self._marks.append(self.num_sampled)
 
     def _release(self) -> None:
         """Keep the draws made so far (forget the marks)."""
-        if self._marks and self._undoes_own_draws():
+        if self._marks:
             self.generator.release_marks()
         self._marks = []
 
@@ -140,10 +130,10 @@ class TaskSource:
         if position is not None:
             if not 0 <= position < len(self._marks):
                 raise RuntimeError(f"No marked draw {position} ({len(self._marks)} held).")
-            gen_state, num_sampled = self._marks[position]
-            if gen_state is None:
-                gen_state = self.generator.state_dict_at(position)
-            return {"generator": copy.deepcopy(gen_state), "num_sampled": num_sampled}
+            return {
+                "generator": self.generator.state_dict_at(position),
+                "num_sampled": self._marks[position],
+            }
         gen_state = None
         if hasattr(self.generator, "state_dict"):
             gen_state = self.generator.state_dict()
