@@ -46,7 +46,7 @@ def test_a_generator_without_the_mark_protocol_is_never_drawn_ahead(generator):
     source = TaskSource(generator, {})
     assert not source.can_prefetch
     with pytest.raises(RuntimeError, match="cannot undo draws"):
-        source.sample_specs([0], [None], mark=True)
+        source.sample_steps([([0], [None])])
     with pytest.raises(RuntimeError, match="nothing to undo"):
         source.rollback()
 

@@ -127,18 +127,14 @@ class RemoteTaskSource:
         already drawn ahead and not used start with the first of them."""
         if not self.can_prefetch or not steps:
             return
-        first = (list(steps[0][0]), list(steps[0][1]))
-        if self._ahead_ref is not None and self._planned[self._used] == first:
+        if self._next_is(*steps[0]):
             return
         self.settle()
         self._planned = [(list(m), list(s)) for m, s in steps]
         self._ahead_ref = self.actor.sample_steps.remote(self._planned)
 
     def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]:
-        if self._ahead_ref is not None and self._planned[self._used] == (
-            list(meta_steps),
-            list(seeds),
-        ):
+        if self._next_is(meta_steps, seeds):
             drawn = self._drawn_steps()
             if self._used < len(drawn):
                 specs = drawn[self._used]
@@ -160,6 +156,13 @@ class RemoteTaskSource:
         self._forget_ahead()
         if used < len(drawn):
             _unwrap(lambda: ray.get(self.actor.rollback.remote(used)))
+
+    def _next_is(self, meta_steps: list[int], seeds: list[int | None]) -> bool:
+        """Whether the next step drawn ahead and not used is this one."""
+        return self._ahead_ref is not None and self._planned[self._used] == (
+            list(meta_steps),
+            list(seeds),
+        )
 
     def _drawn_steps(self) -> list[list[TaskSpec]]:
         """The steps drawn ahead (fetched once); a failed fetch forgets them, so the proxy does

@@ -212,15 +212,8 @@ class TaskGenerator:
     def rollback(self, position: int = 0) -> None:
         """Return to the state of mark ``position``, as if the draws since had not happened;
         that mark and the later ones are dropped."""
-        if not 0 <= position < len(self._marks):
-            raise RuntimeError(
-                f"rollback({position}) without that mark() ({len(self._marks)} held): "
-                "nothing to return to."
-            )
-        for _, _, _, revisited in reversed(self._marks[position:]):
-            for index in reversed(revisited):
-                self.selected_tasks[index]["meta_steps"].pop()
-        rng_state, n_tasks, counter, _ = self._marks[position]
+        rng_state, n_tasks, counter, _ = self._mark_at(position)
+        self._undo_revisits(self.selected_tasks, position, n_tasks)
         self._rng.bit_generator.state = rng_state
         del self.selected_tasks[n_tasks:]
         self.revisit_counter = counter
@@ -229,19 +222,30 @@ class TaskGenerator:
     def state_dict_at(self, position: int) -> dict[str, Any]:
         """What :meth:`state_dict` returned at mark ``position``, without undoing anything (a
         checkpoint taken while later steps are drawn ahead)."""
-        if not 0 <= position < len(self._marks):
-            raise RuntimeError(f"No mark {position} ({len(self._marks)} held).")
-        rng_state, n_tasks, counter, _ = self._marks[position]
+        rng_state, n_tasks, counter, _ = self._mark_at(position)
         tasks = copy.deepcopy(self.selected_tasks[:n_tasks])
-        for _, _, _, revisited in reversed(self._marks[position:]):
-            for index in reversed(revisited):
-                if index < n_tasks:
-                    tasks[index]["meta_steps"].pop()
+        self._undo_revisits(tasks, position, n_tasks)
         return {
             "rng": copy.deepcopy(rng_state),
             "selected_tasks": tasks,
             "revisit_counter": counter,
         }
+
+    def _mark_at(self, position: int) -> tuple[dict[str, Any], int, int, list[int]]:
+        if not 0 <= position < len(self._marks):
+            raise RuntimeError(
+                f"No mark {position} ({len(self._marks)} held): nothing to return to."
+            )
+        return self._marks[position]
+
+    def _undo_revisits(self, tasks: list[dict[str, Any]], position: int, n_tasks: int) -> None:
+        """Take out of ``tasks`` (the history, or a copy of its first ``n_tasks`` records) the
+        revisits recorded since mark ``position``, newest first (records added since are
+        dropped whole by the caller)."""
+        for _, _, _, revisited in reversed(self._marks[position:]):
+            for index in reversed(revisited):
+                if index < n_tasks:
+                    tasks[index]["meta_steps"].pop()
 
     def release_marks(self) -> None:
         """Keep the draws made since the marks (forget the marks)."""

@@ -54,16 +54,8 @@ class TaskSource:
     def prefetchable(self) -> bool:
         return self.can_prefetch
 
-    def sample_specs(
-        self, meta_steps: list[int], seeds: list[int | None], mark: bool = False
-    ) -> list[TaskSpec]:
-        """One spec per meta step, drawn in order.
-
-        :param mark: remember the state before these draws, so :meth:`rollback` can undo them.
-        """
-        if mark:
-            self._release()
-            self._set_mark()
+    def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]:
+        """One spec per meta step, drawn in order."""
         return [self._sample(m, s) for m, s in zip(meta_steps, seeds, strict=True)]
 
     def sample_steps(self, steps: list[tuple[list[int], list[int | None]]]) -> list[list[TaskSpec]]:
@@ -78,7 +70,7 @@ class TaskSource:
         for meta_steps, seeds in steps:
             self._set_mark()
             try:
-                out.append([self._sample(m, s) for m, s in zip(meta_steps, seeds, strict=True)])
+                out.append(self.sample_specs(meta_steps, seeds))
             except Exception:
                 self.rollback(len(out))
                 break
@@ -89,13 +81,17 @@ class TaskSource:
 
     def rollback(self, position: int = 0) -> None:
         """Undo the draws made since mark ``position`` (the first step drawn ahead: 0)."""
+        num_sampled = self._num_sampled_at(position)
+        self.generator.rollback(position)
+        self.num_sampled = num_sampled
+        del self._marks[position:]
+
+    def _num_sampled_at(self, position: int) -> int:
         if not 0 <= position < len(self._marks):
             raise RuntimeError(
-                f"rollback({position}) with {len(self._marks)} marked draws: nothing to undo."
+                f"No marked draw {position} ({len(self._marks)} held): nothing to undo."
             )
-        self.generator.rollback(position)
-        self.num_sampled = self._marks[position]
-        del self._marks[position:]
+        return self._marks[position]
 
     def _set_mark(self) -> None:
         if not self.can_prefetch:
@@ -128,11 +124,10 @@ class TaskSource:
         """The source's state, or (``position``) its state at that mark: before the steps drawn
         ahead from there on, which stay drawn (a checkpoint does not undo them)."""
         if position is not None:
-            if not 0 <= position < len(self._marks):
-                raise RuntimeError(f"No marked draw {position} ({len(self._marks)} held).")
+            num_sampled = self._num_sampled_at(position)
             return {
                 "generator": self.generator.state_dict_at(position),
-                "num_sampled": self._marks[position],
+                "num_sampled": num_sampled,
             }
         gen_state = None
         if hasattr(self.generator, "state_dict"):
