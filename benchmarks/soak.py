@@ -30,7 +30,7 @@ import psutil
 from stable_baselines3 import PPO
 
 from distributed_reptile import ReptileMetaRL, TaskGenerator
-from distributed_reptile.runners.ray_pool import RayRunner
+from distributed_reptile.runners.ray_runner import RayRunner
 from distributed_reptile.tasks.families import make_cartpole_task
 
 MIB = 1024 * 1024

@@ -1,6 +1,13 @@
 """distributed_reptile: Reptile meta-learning for Stable-Baselines3, with inner loops on Ray."""
 
-from distributed_reptile.algorithms import BaseMetaAlgorithm, NonFiniteWeightsError, ReptileMetaRL
+from distributed_reptile.algorithms import (
+    BaseMetaAlgorithm,
+    FirstOrderMetaAlgorithm,
+    NonFiniteWeightsError,
+    ReptileMetaRL,
+    WeightSum,
+    load_trainer,
+)
 from distributed_reptile.budget import compute_updates
 from distributed_reptile.callbacks import (
     CallbackList,
@@ -11,6 +18,7 @@ from distributed_reptile.callbacks import (
 )
 from distributed_reptile.checkpoint import CheckpointError
 from distributed_reptile.inner import AdaptedResult, InnerLearner, TaskJob
+from distributed_reptile.records import StepRecord
 from distributed_reptile.runners import TaskFailedError
 from distributed_reptile.schedules import (
     ConstantSchedule,
@@ -32,16 +40,20 @@ __all__ = [
     "BaseMetaAlgorithm",
     "CheckpointError",
     "ConstantSchedule",
+    "FirstOrderMetaAlgorithm",
     "InnerLearner",
     "LinearSchedule",
     "ListTask",
     "NonFiniteWeightsError",
     "ReptileMetaRL",
+    "StepRecord",
     "TaskFailedError",
     "TaskGenerator",
     "TaskJob",
     "TaskSpec",
+    "WeightSum",
     "compute_updates",
     "constant_schedule",
     "linear_schedule",
+    "load_trainer",
 ]

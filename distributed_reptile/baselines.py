@@ -15,7 +15,6 @@ Command line (one command per baseline)::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import pickle
 import sys
@@ -26,9 +25,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.logger import Logger, configure
-from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.logger import configure
 
+from distributed_reptile.sb3_models import build_sb3_model
 from distributed_reptile.tasks.spec import TaskCallable, check_task_pair
 
 _MAX_SEED = 2**31 - 1
@@ -138,18 +137,17 @@ def train_multitask(
     if int(total_timesteps) < 1:
         raise ValueError(f"total_timesteps must be positive, got {total_timesteps}.")
     env = TaskSwitchingEnv(make, task_params, seed=seed, split="train")
-    kwargs = copy.deepcopy(dict(rl_algo_kwargs))
-    policy = kwargs.pop("policy", "MlpPolicy")
-    device = kwargs.pop("device", "cpu")
-    kwargs.pop("seed", None)
-    set_random_seed(int(seed))
-    model = rl_algorithm(
-        env=env, policy=policy, device=device, seed=int(seed), verbose=verbose, **kwargs
+    kwargs = {**rl_algo_kwargs, "seed": int(seed), "verbose": verbose}
+    model = build_sb3_model(
+        rl_algorithm,
+        kwargs,
+        env,
+        seed=seed,
+        device=rl_algo_kwargs.get("device", "cpu"),
+        quiet_logger=tensorboard_log is None and verbose == 0,
     )
     if tensorboard_log is not None:
         model.set_logger(configure(tensorboard_log, ["tensorboard"]))
-    elif verbose == 0:
-        model.set_logger(Logger(folder=None, output_formats=[]))
     model.learn(int(total_timesteps))
     return model
 

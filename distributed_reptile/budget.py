@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -55,3 +56,61 @@ def compute_updates(model: Any, inner_steps: int) -> tuple[int, int, int]:
     raise ValueError(
         f"{type(model).__name__} is neither an SB3 on-policy nor off-policy algorithm."
     )
+
+
+@dataclass(frozen=True)
+class UpdateBudget:
+    """The gradient updates of one inner loop, when SB3's settings give an exact count.
+
+    :param updates_per_rollout: updates after each rollout (``None``: no exact count).
+    :param total_updates: updates of the whole inner loop.
+    :param n_rollouts: rollouts of the inner loop.
+    :param note: why there is no exact count.
+    """
+
+    updates_per_rollout: int | None
+    total_updates: int | None
+    n_rollouts: int | None
+    note: str = ""
+
+    @classmethod
+    def of(cls, model: Any, inner_steps: int) -> UpdateBudget:
+        try:
+            return cls(*compute_updates(model, inner_steps))
+        except ValueError as exc:
+            return cls(None, None, None, str(exc))
+
+
+def startup_summary(trainer: Any) -> str:
+    """The start-up summary of a trainer: its backend, and env steps and exact SB3 gradient
+    updates per task, per outer step and in total."""
+    b, o = trainer.task_batch_size, trainer.outer_steps
+    budget: UpdateBudget = trainer.update_budget
+    lines = [
+        f"distributed_reptile: {type(trainer).__name__} with {trainer.rl_algorithm.__name__}, "
+        f"backend={trainer.backend}, num_workers={trainer.execution.num_workers}, seed={trainer.seed}",
+        f"  env steps per task: {trainer.inner_steps:_}; per outer step: {trainer.inner_steps * b:_} "
+        f"({b} tasks); in total: {trainer.inner_steps * b * o:_} ({o} outer steps)",
+    ]
+    if budget.total_updates is not None:
+        lines.append(
+            f"  gradient updates per task: {budget.total_updates:_} ({budget.updates_per_rollout:_} "
+            f"per rollout x {budget.n_rollouts:_} rollouts); per outer step: "
+            f"{budget.total_updates * b:_}; in total: {budget.total_updates * b * o:_}"
+        )
+    else:
+        lines.append(f"  gradient updates per task: no exact count ({budget.note})")
+    params = trainer.tasks_generator_params
+    from distributed_reptile.tasks.generator import TaskGenerator
+
+    if (
+        issubclass(trainer.tasks_generator_cls, TaskGenerator)
+        and params.get("task_callable") is not None
+    ):
+        lines.append(
+            f"  revisits: ratio {params.get('revisit_ratio', 0.15)}, from meta step "
+            f"{params.get('revisit_start', 1)}, sampling {params.get('sampling_method', 'random')}"
+            f"{'' if params.get('history', True) else ' (history off: no revisits)'}"
+        )
+    lines.append(f"  meta-updates: {o} (lr {trainer.get_meta_lr(0):g} at step 0)")
+    return "\n".join(lines)

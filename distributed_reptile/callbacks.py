@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from distributed_reptile.algorithms.base import BaseMetaAlgorithm
+    from distributed_reptile.records import StepRecord
 
 
 class MetaCallback:
@@ -38,7 +39,7 @@ class MetaCallback:
     def on_outer_step_start(self, outer_step: int) -> None:
         self._on_outer_step_start(outer_step)
 
-    def on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def on_outer_step_end(self, record: StepRecord) -> bool:
         assert self.trainer is not None
         self.num_outer_steps = self.trainer.num_outer_steps
         return self._on_outer_step_end(record) is not False
@@ -56,7 +57,7 @@ class MetaCallback:
     def _on_outer_step_start(self, outer_step: int) -> None:
         pass
 
-    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
         return True
 
     def _on_training_end(self) -> None:
@@ -83,7 +84,7 @@ class CallbackList(MetaCallback):
         for cb in self.callbacks:
             cb.on_outer_step_start(outer_step)
 
-    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
         answers = [
             cb.on_outer_step_end(record) for cb in self.callbacks
         ]  # every callback sees the step
@@ -132,7 +133,7 @@ class StopOnWallClock(MetaCallback):
     def _on_training_start(self) -> None:
         self._start = time.monotonic()
 
-    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
         elapsed = time.monotonic() - self._start
         if elapsed >= self.seconds:
             if self.verbose:
@@ -159,7 +160,7 @@ class StopOnStepRecord(MetaCallback):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.key, self.threshold, self.mode = key, float(threshold), mode
 
-    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
         if self.key not in record:
             raise KeyError(
                 f"StopOnStepRecord: the step record has no {self.key!r}; keys: {sorted(record)}"
@@ -201,7 +202,7 @@ class CheckpointCallback(MetaCallback):
         )
         self.last_saved_step = -1
 
-    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
         assert self.trainer is not None
         if self.trainer.num_outer_steps % self.save_freq == 0:
             self.trainer.save_checkpoint(self.save_path, self.save_prefix, self.keep_last)

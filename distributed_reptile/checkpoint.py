@@ -24,7 +24,11 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from distributed_reptile.imports import resolve_import_path
+
+T = TypeVar("T")
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 1
@@ -152,3 +156,166 @@ def prune_checkpoints(folder: str | os.PathLike[str], prefix: str, keep_last: in
         : max(0, len(list_checkpoints(folder, prefix)) - keep_last)
     ]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- a trainer's checkpoint
+STATE_FILE = "trainer_state.json"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a checkpoint depends on."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("distributed-reptile", "torch", "stable-baselines3", "gymnasium", "ray", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_trainer_files(folder: Path, trainer: Any) -> None:
+    """Write the files of a trainer's checkpoint (see the module docstring) into ``folder``.
+
+    ``trainer`` is a :class:`~distributed_reptile.BaseMetaAlgorithm`; what it adds to the
+    progress record comes from its ``checkpoint_state()``.
+    """
+    import warnings
+
+    import cloudpickle
+    import torch as th
+    from safetensors.torch import save_file
+
+    from distributed_reptile.jsonutil import to_jsonable
+
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in trainer.meta_policy.state_dict().items()},
+        str(folder / "meta_policy.safetensors"),
+    )
+    if trainer.meta_optimizer is not None:
+        th.save(trainer.meta_optimizer.state_dict(), folder / "meta_optimizer.pt")
+    with open(folder / "task_source.pkl", "wb") as fh:
+        cloudpickle.dump(trainer.task_source.state_dict(), fh)
+    try:
+        config = cloudpickle.dumps(trainer.init_kwargs)
+    except Exception as exc:  # unpicklable user objects: load() then needs them passed again
+        warnings.warn(
+            f"Trainer arguments could not be pickled ({exc}); pass them to load().",
+            stacklevel=4,
+        )
+    else:
+        (folder / "config.pkl").write_bytes(config)
+    state = {
+        "format_version": FORMAT_VERSION,
+        "config": trainer.init_kwargs,
+        "versions": library_versions(),
+        **trainer.checkpoint_state(),
+    }
+    (folder / STATE_FILE).write_text(
+        json.dumps(to_jsonable(state), indent=2, sort_keys=True, allow_nan=False),
+        encoding="utf-8",
+    )
+    trainer.meta_algo.save(folder / "meta_algo.zip")
+
+
+def read_trainer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The verified checkpoint's progress record (``trainer_state.json``)."""
+    folder = Path(path)
+    verify_checkpoint(folder)
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"Checkpoint {folder}: {STATE_FILE} is unreadable ({exc}).") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"Checkpoint {folder}: {STATE_FILE} is not a JSON object.")
+    return state
+
+
+def read_trainer_kwargs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The constructor arguments stored with the checkpoint (empty when they were not picklable)."""
+    import pickle
+
+    file = Path(path) / "config.pkl"
+    if not file.exists():
+        return {}
+    try:
+        kwargs = pickle.loads(file.read_bytes())
+    except Exception as exc:
+        raise CheckpointError(
+            f"Checkpoint {path}: config.pkl cannot be read here ({type(exc).__name__}: {exc}). "
+            "Install the code the run used (task callables, classes), or pass the trainer's "
+            "arguments to load()."
+        ) from exc
+    return dict(kwargs)
+
+
+def restore_trainer_files(folder: Path, trainer: Any) -> None:
+    """Load the meta weights, meta-optimizer state and task-source state of ``folder`` into
+    ``trainer`` (the progress record is restored by the trainer itself)."""
+    import pickle
+
+    import torch as th
+    from safetensors.torch import load_file
+
+    trainer.meta_policy.load_state_dict(load_file(str(folder / "meta_policy.safetensors")))
+    opt_path = folder / "meta_optimizer.pt"
+    if trainer.meta_optimizer is not None:
+        if not opt_path.exists():
+            raise CheckpointError(
+                f"{folder} has no meta-optimizer state but use_meta_optimizer=True."
+            )
+        trainer.meta_optimizer.load_state_dict(th.load(opt_path, weights_only=True))
+    with open(folder / "task_source.pkl", "rb") as fh:
+        trainer.task_source.load_state_dict(pickle.load(fh))
+
+
+def recorded_class(state: dict[str, Any], base: type[T], folder: Path | None = None) -> type[T]:
+    """The trainer class a checkpoint records, which must be ``base`` or a subclass of it.
+
+    :raises CheckpointError: when it cannot be imported here, or is not a ``base``.
+    """
+    where = f"Checkpoint {folder}" if folder is not None else "The checkpoint"
+    recorded = state.get("algorithm_class")
+    if not isinstance(recorded, str) or ":" not in recorded:
+        # written before classes were recorded by import path: only the class name is known
+        if recorded in (None, base.__name__) or any(c.__name__ == recorded for c in base.__mro__):
+            return base
+        raise CheckpointError(
+            f"{where} was written by {recorded}, not {base.__name__}: load it with {recorded}.load()."
+        )
+    try:
+        trainer_cls = resolve_import_path(recorded)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{where} was written by the trainer class {recorded!r}, which cannot be imported "
+            f"here ({exc}). Install the package that defines it (or put it on PYTHONPATH)."
+        ) from None
+    if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, base)):
+        raise CheckpointError(
+            f"{where} was written by {recorded}, which is not a {base.__name__}: load it with "
+            f"distributed_reptile.load_trainer() or {getattr(trainer_cls, '__name__', recorded)}.load()."
+        )
+    return trainer_cls
+
+
+def load_trainer(path: str | os.PathLike[str], base: type[T], overrides: dict[str, Any]) -> T:
+    """The trainer a checkpoint holds, of the class it records (``base`` or a subclass of it),
+    built from the stored arguments with ``overrides`` applied, with its state restored."""
+    folder = Path(path)
+    state = read_trainer_state(folder)
+    trainer_cls: Any = recorded_class(state, base, folder)
+    kwargs = read_trainer_kwargs(folder)
+    kwargs.update(overrides)
+    kwargs["seed"] = state["seed"]
+    trainer = trainer_cls(**kwargs)
+    try:
+        trainer.load_checkpoint_state(folder, state)
+        if "outer_steps" in overrides:  # checked by the constructor
+            trainer.outer_steps = int(overrides["outer_steps"])
+    except BaseException:
+        trainer.close()
+        raise
+    return trainer  # type: ignore[no-any-return]

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from distributed_reptile.checkpoint import latest_checkpoint
+from distributed_reptile.jsonutil import dumps, to_jsonable
 
 #: Subcommands served by another module's ``cli_main(argv) -> int``.
 DISPATCHED: dict[str, tuple[str, str]] = {
@@ -83,26 +85,11 @@ def default_output_dir(name: str, now: datetime | None = None) -> Path:
     return Path("runs") / f"{name}_{stamp}"
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN/inf as ``None`` and numpy scalars as Python numbers (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, bool | int | str) or value is None:
-        return value
-    if hasattr(value, "item"):
-        return json_safe(value.item())
-    return str(value)
-
-
 def write_step_records(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """One JSON object per line, one line per outer step."""
     with open(path, "w", encoding="utf-8") as fh:
         for record in records:
-            fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+            fh.write(dumps(record) + "\n")
 
 
 def run_summary(
@@ -126,16 +113,7 @@ def run_summary(
         "final_mean_return": records[-1].get("ep_return_mean") if records else None,
     }
     summary.update(extra or {})
-    return json_safe(summary)  # type: ignore[no-any-return]
-
-
-def _latest_checkpoint(folder: Path, prefix: str) -> str | None:
-    found = []
-    for path in folder.glob(f"{prefix}_outer_*"):
-        step = path.name.rsplit("_", 1)[-1]
-        if path.is_dir() and step.isdigit():
-            found.append((int(step), path))
-    return str(max(found)[1]) if found else None
+    return to_jsonable(summary)  # type: ignore[no-any-return]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -182,18 +160,34 @@ def _train(args: argparse.Namespace) -> int:
     trainer_cls = config.trainer_class()
     print(f"distributed-reptile train: run folder {out}", flush=True)
 
-    if resume is not None:
-        trainer = trainer_cls.load(resume, **kwargs)
-    else:
-        trainer = trainer_cls(**kwargs)
+    from distributed_reptile.algorithms.base import BaseMetaAlgorithm
+    from distributed_reptile.execution.resources import InsufficientResourcesError
+
     try:
-        resolved = config.model_copy(update={"seed": trainer.seed})
+        if resume is not None:
+            # the class the checkpoint records; a config that names `algorithm` must agree with it
+            named = "algorithm" in config.model_fields_set
+            trainer = (trainer_cls if named else BaseMetaAlgorithm).load(resume, **kwargs)
+        else:
+            trainer = trainer_cls(**kwargs)
+    except InsufficientResourcesError as err:
+        print(f"distributed-reptile train: {err}", file=sys.stderr)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing ran: leave no empty run folder
+        return EXIT_USAGE
+    try:
+        from distributed_reptile.imports import import_path_of
+
+        resolved = config.model_copy(
+            update={"seed": trainer.seed, "algorithm": import_path_of(type(trainer))}
+        )
         (out / "config.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
         try:
             trainer.learn(reset_num_timesteps=resume is None, **learn_kwargs)
         finally:
             # written even when the run fails part-way: the steps done so far
             write_step_records(out / "step_records.jsonl", trainer.step_records)
+            last = latest_checkpoint(learn_kwargs["save_path"], learn_kwargs["save_prefix"])
             summary = run_summary(
                 trainer.step_records,
                 time.perf_counter() - t0,
@@ -203,9 +197,7 @@ def _train(args: argparse.Namespace) -> int:
                     "target_outer_steps": trainer.outer_steps,
                     "resumed_from": str(resume.resolve()) if resume is not None else None,
                     "run_dir": str(out),
-                    "last_checkpoint": _latest_checkpoint(
-                        Path(learn_kwargs["save_path"]), learn_kwargs["save_prefix"]
-                    ),
+                    "last_checkpoint": str(last) if last is not None else None,
                 },
             )
             (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

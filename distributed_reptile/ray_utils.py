@@ -1,14 +1,20 @@
-"""Starting or joining Ray: a local instance bound to 127.0.0.1, or an existing cluster."""
+"""Starting or joining Ray: a local instance bound to 127.0.0.1, or an existing cluster.
+
+Also the driver's copy of a user's error that a Ray task raised (:func:`unwrap`).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _CLIENT_SCHEME = "ray://"
+
+_T = TypeVar("_T")
 
 #: Default of ``connect_timeout_s``: how long joining a cluster may wait for its address to answer.
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
@@ -204,3 +210,24 @@ def _did_not_answer(
 def _is_loopback(address: str) -> bool:
     host = address.removeprefix(_CLIENT_SCHEME).rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def unwrap(call: Callable[[], _T]) -> _T:
+    """Re-raise the user's own error (ValueError, TypeError...) from a Ray task error."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return call()
+    except RayTaskError as err:
+        cause = err.cause
+        if isinstance(cause, ValueError | TypeError | KeyError):
+            raise same_error(cause, err) from err
+        raise
+
+
+def same_error(cause: BaseException, err: BaseException) -> BaseException:
+    """A copy of ``cause`` raised in the driver (its class may not rebuild from ``args``)."""
+    try:
+        return type(cause)(*cause.args)
+    except Exception:
+        return RuntimeError(f"{type(cause).__name__}: {cause}")

@@ -1,6 +1,7 @@
 """Ray Tune sweeps over meta-training runs.
 
-Each trial runs its own :class:`~distributed_reptile.ReptileMetaRL` with ``num_workers`` inner-loop
+Each trial runs its own trainer (the config's ``algorithm``, :class:`~distributed_reptile.ReptileMetaRL`
+by default) with ``num_workers`` inner-loop
 actors inside the trial's placement group (one bundle for the trial's driver, one per worker), so
 concurrent trials never take each other's CPUs. Every outer step reports the step record to Tune;
 checkpoints go through Tune, so a failed trial resumes exactly from its last checkpoint.
@@ -16,27 +17,30 @@ import copy
 import math
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from distributed_reptile.callbacks import MetaCallback
+from distributed_reptile.execution.resources import (
+    InsufficientResourcesError,
+    check_fits,
+    worker_bundle,
+    workers_that_fit,
+)
+from distributed_reptile.imports import import_path_of, resolve_import_path
+from distributed_reptile.records import SCALAR_KEYS, StepRecord
+from distributed_reptile.settings import ExecutionSettings, tunable_settings
+
+#: The trainer class trials build unless told otherwise.
+DEFAULT_ALGORITHM = "distributed_reptile:ReptileMetaRL"
 
 _DOMAIN_RE = re.compile(
     r"^\s*(uniform|loguniform|quniform|randint|lograndint|choice|grid_search)\((.*)\)\s*$"
 )
-REPORTED_KEYS = (
-    "outer_step",
-    "meta_lr",
-    "ep_return_mean",
-    "ep_return_min",
-    "ep_return_max",
-    "env_steps",
-    "step_seconds",
-    "tasks_per_second",
-    "update_norm",
-    "revisits",
-)
+#: Step-record keys reported to Tune (the scalar ones).
+REPORTED_KEYS = SCALAR_KEYS
 
 
 def parse_domain(value: Any) -> Any:
@@ -91,7 +95,7 @@ class _TuneReporter(MetaCallback):
         super().__init__()
         self.checkpoint_freq = checkpoint_freq
 
-    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
         from ray import tune
 
         assert self.trainer is not None
@@ -117,12 +121,13 @@ def meta_trainable(
     base_kwargs: dict[str, Any],
     learn_kwargs: dict[str, Any],
     checkpoint_freq: int = 1,
+    algorithm: str = DEFAULT_ALGORITHM,
 ) -> None:
-    """Tune function trainable: one meta-training run with ``config``'s dotted overrides applied."""
+    """Tune function trainable: one meta-training run of the trainer class at ``algorithm``
+    (an import path) with ``config``'s dotted overrides applied."""
     from ray import tune
 
-    from distributed_reptile.algorithms.reptile import ReptileMetaRL
-
+    trainer_cls = resolve_import_path(algorithm)
     kwargs = apply_overrides(base_kwargs, config)
     kwargs["backend"] = "ray"
     # The trial's actors live in its placement group: a scheduling strategy of their own would
@@ -136,36 +141,51 @@ def meta_trainable(
     learn = dict(learn_kwargs)
     learn["callback"] = [*list(learn.get("callback") or []), _TuneReporter(checkpoint_freq)]
     if checkpoint is None:
-        meta = ReptileMetaRL(**kwargs)
+        meta = trainer_cls(**kwargs)
     else:
         with checkpoint.as_directory() as folder:
-            meta = ReptileMetaRL.load(Path(folder) / "trainer", **kwargs)
+            meta = trainer_cls.load(Path(folder) / "trainer", **kwargs)
         learn["reset_num_timesteps"] = False
     with meta:
         meta.learn(**learn)
 
 
-_NOT_RESOURCES = {"scheduling_strategy", "runtime_env", "accelerator_type"}
+#: CPUs of each trial's own driver (its bundle in the trial's placement group).
+DRIVER_CPUS = 0.5
 
 
 def trial_resources(
-    num_workers: int, worker_resources: Mapping[str, Any] | None = None, driver_cpus: float = 0.5
+    num_workers: int,
+    worker_resources: Mapping[str, Any] | None = None,
+    driver_cpus: float = DRIVER_CPUS,
 ) -> Any:
     """The placement group of one trial: a bundle for its driver and one per inner-loop worker."""
     from ray.tune import PlacementGroupFactory
 
-    worker = {"CPU": 1.0}
-    for key, value in (worker_resources or {}).items():
-        if key in _NOT_RESOURCES:
-            continue
-        if key == "num_cpus":
-            worker["CPU"] = float(value)
-        elif key == "num_gpus":
-            worker["GPU"] = float(value)
-        else:
-            worker[key] = float(value)
+    worker = worker_bundle(worker_resources)
     return PlacementGroupFactory(
         [{"CPU": driver_cpus}] + [dict(worker) for _ in range(num_workers)]
+    )
+
+
+def check_trial_fits(num_workers: int, worker_resources: Mapping[str, Any] | None) -> None:
+    """Refuse a sweep whose one trial needs more than the Ray cluster has in all (Tune would
+    otherwise wait for it forever, printing only its own resource warnings)."""
+    import ray
+
+    worker = worker_bundle(worker_resources)
+    cluster = ray.cluster_resources()
+    spare = {**cluster, "CPU": float(cluster.get("CPU", 0.0)) - DRIVER_CPUS}
+    fit = workers_that_fit(worker, spare)
+    per_worker = ", ".join(f"{v:g} {k}" for k, v in sorted(worker.items()))
+    check_fits(
+        [{"CPU": DRIVER_CPUS}] + [worker] * num_workers,
+        cluster,
+        f"Each trial (its driver, {DRIVER_CPUS:g} CPU, and num_workers={num_workers} workers of "
+        f"{per_worker} each) would",
+        f"Use --set num_workers={fit} (the most that fit with the trial's driver)."
+        if fit > 0
+        else "Lower worker_resources.",
     )
 
 
@@ -183,10 +203,11 @@ def run_sweep(
     checkpoint_freq: int = 1,
     max_failures: int = 2,
     seed: int | None = None,
+    algorithm: str | type = DEFAULT_ALGORITHM,
 ) -> Any:
     """Run an ASHA sweep; return Tune's ``ResultGrid``.
 
-    :param trainer_kwargs: ``ReptileMetaRL`` arguments shared by all trials (``num_workers`` and
+    :param trainer_kwargs: trainer arguments shared by all trials (``num_workers`` and
         ``worker_resources`` size each trial's placement group).
     :param search_space: dotted keys into ``trainer_kwargs`` mapped to Tune domains or text domains.
     :param storage_path: folder of Tune's results and checkpoints (nothing is written elsewhere).
@@ -200,12 +221,12 @@ def run_sweep(
     :param checkpoint_freq: outer steps between Tune checkpoints.
     :param max_failures: retries of a failed trial, each resumed from its last checkpoint.
     :param seed: seed of the search algorithm's sampling.
+    :param algorithm: the trainer class of the trials, or its import path.
     """
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from distributed_reptile.ray_utils import ensure_ray
+    from distributed_reptile.execution import open_backend
 
     if metric not in REPORTED_KEYS:
         raise ValueError(
@@ -213,25 +234,38 @@ def run_sweep(
         )
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
-    unknown = [
-        k
-        for k in search_space
-        if k.split(".")[0] not in trainer_kwargs and k.split(".")[0] not in _TRAINER_ARGS
-    ]
+    settings = tunable_settings()
+    unknown = [k for k in search_space if k.split(".")[0] not in settings]
     if unknown:
         raise ValueError(
-            f"search_space keys {unknown} are not ReptileMetaRL arguments (dotted paths into them)."
+            f"search_space keys {unknown} are not trainer settings (dotted paths into them); "
+            f"the settings are {settings}."
         )
-    mode_started = ensure_ray(
-        trainer_kwargs.get("ray_address"), ray_init_kwargs=trainer_kwargs.get("ray_init_kwargs")
+    algorithm_path = algorithm if isinstance(algorithm, str) else import_path_of(algorithm)
+    resolve_import_path(algorithm_path)  # refuse a class that cannot be imported, before Ray
+    ray_backend = open_backend(
+        "ray",
+        ExecutionSettings(
+            ray_address=trainer_kwargs.get("ray_address"),
+            ray_init_kwargs=dict(trainer_kwargs.get("ray_init_kwargs") or {}),
+            connect_timeout_s=trainer_kwargs.get("connect_timeout_s", 30.0),
+        ),
     )
     try:
+        num_workers = int(trainer_kwargs.get("num_workers", 1))
+        try:
+            check_trial_fits(num_workers, trainer_kwargs.get("worker_resources"))
+        except InsufficientResourcesError as err:
+            if getattr(ray_backend, "mode", None) == "started":
+                raise
+            warnings.warn(f"{err} Waiting for the cluster to grow.", RuntimeWarning, stacklevel=2)
         outer_steps = int(trainer_kwargs["outer_steps"])
         trainable = tune.with_parameters(
             meta_trainable,
             base_kwargs=trainer_kwargs,
             learn_kwargs=dict(learn_kwargs or {}),
             checkpoint_freq=checkpoint_freq,
+            algorithm=algorithm_path,
         )
         trainable = tune.with_resources(
             trainable,
@@ -269,24 +303,7 @@ def run_sweep(
         )
         return tuner.fit()
     finally:
-        if mode_started in ("started", "joined"):
-            ray.shutdown()
-
-
-_TRAINER_ARGS = {
-    "meta_lr",
-    "task_batch_size",
-    "inner_steps",
-    "outer_steps",
-    "rl_algo_kwargs",
-    "tasks_generator_params",
-    "inner_loop_params",
-    "meta_optimizer_kwargs",
-    "use_meta_optimizer",
-    "ignored_layers",
-    "seed",
-    "num_workers",
-}
+        ray_backend.close()
 
 
 def results_table(results: Any, metric: str, mode: str, search_keys: list[str]) -> str:
@@ -321,7 +338,7 @@ def _fmt(value: Any) -> str:
 
 
 def best_checkpoint(results: Any, metric: str, mode: str) -> Path:
-    """The trainer checkpoint folder of the best trial (load it with ``ReptileMetaRL.load``)."""
+    """The trainer checkpoint folder of the best trial (load it with ``distributed_reptile.load_trainer``)."""
     best = results.get_best_result(metric=metric, mode=mode, scope="all")
     if best.checkpoint is None:
         raise RuntimeError("The best trial has no checkpoint; set checkpoint_freq > 0.")
@@ -377,21 +394,28 @@ def cli_main(argv: list[str] | None = None) -> int:
         learn.pop(key, None)  # checkpoints go through Tune
     opts = config.tune
     t0 = time.perf_counter()
-    results = run_sweep(
-        config.trainer_kwargs(),
-        config.search_space,
-        storage_path=str(out),
-        name=config.name,
-        num_samples=args.num_samples or opts.num_samples,
-        metric=opts.metric,
-        mode=opts.mode,
-        learn_kwargs={**learn, "save_final": False},
-        grace_period=opts.grace_period,
-        max_concurrent_trials=opts.max_concurrent_trials,
-        checkpoint_freq=opts.checkpoint_freq,
-        max_failures=opts.max_failures,
-        seed=opts.seed,
-    )
+    try:
+        results = run_sweep(
+            config.trainer_kwargs(),
+            config.search_space,
+            storage_path=str(out),
+            name=config.name,
+            num_samples=args.num_samples or opts.num_samples,
+            metric=opts.metric,
+            mode=opts.mode,
+            learn_kwargs={**learn, "save_final": False},
+            grace_period=opts.grace_period,
+            max_concurrent_trials=opts.max_concurrent_trials,
+            checkpoint_freq=opts.checkpoint_freq,
+            max_failures=opts.max_failures,
+            seed=opts.seed,
+            algorithm=config.algorithm,
+        )
+    except InsufficientResourcesError as err:
+        print(f"distributed-reptile tune: {err}", file=sys.stderr)
+        if not any(out.iterdir()):
+            out.rmdir()
+        return 2
     wall = time.perf_counter() - t0
     table = results_table(results, opts.metric, opts.mode, list(config.search_space))
     print(table)

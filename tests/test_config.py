@@ -182,7 +182,7 @@ def test_every_problem_is_reported_at_once_each_with_its_field() -> None:
     assert "num_worker: unknown key: did you mean 'num_workers'?" in text
     assert "learn.keep_lst: unknown key: did you mean 'keep_last'?" in text
     assert "tasks_generator_params.revist_ratio: unknown key: did you mean 'revisit_ratio'?" in text
-    assert "inner_steps: Input should be a valid integer" in text and "(got 'many')" in text
+    assert "inner_steps: must be a positive integer, got 'many'" in text
 
 
 def test_rl_algo_kwargs_are_checked_against_the_algorithm() -> None:
@@ -323,7 +323,7 @@ def test_load_config_applies_overrides_before_validating(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load_config(path, ["outer_steps=0"])
     assert str(path) in str(info.value)
-    assert info.value.problems[0].startswith("outer_steps: Input should be greater than 0")
+    assert info.value.problems[0].startswith("outer_steps: must be a positive integer, got 0")
 
 
 def test_unreadable_or_non_mapping_files_are_config_errors(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def _train(**overrides: Any) -> tuple[dict[str, th.Tensor], list[dict[str, Any]]
 
 
 def test_serial_ray1_ray2_give_bit_identical_meta_weights(ray_session, monkeypatch):
-    from distributed_reptile.runners import ray_pool
+    from distributed_reptile.runners import ray_transport
 
     serial, serial_records = _train(backend="serial")
     ray1, ray1_records = _train(backend="ray", num_workers=1)
@@ -42,7 +42,7 @@ def test_serial_ray1_ray2_give_bit_identical_meta_weights(ray_session, monkeypat
     assert_same_weights(serial, auto)
     assert_same_weights(serial, three)
     # Weights through the object store (as large networks go) instead of inside the calls.
-    monkeypatch.setattr(ray_pool, "INLINE_WEIGHTS_BYTES", 0)
+    monkeypatch.setattr(ray_transport, "INLINE_WEIGHTS_BYTES", 0)
     stored, _ = _train(backend="ray", num_workers=2)
     assert_same_weights(serial, stored)
     assert [r["tasks"] for r in serial_records] == [r["tasks"] for r in ray2_records]

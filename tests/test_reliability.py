@@ -25,7 +25,7 @@ from conftest import assert_same_weights, cartpole_kwargs, weights_of
 
 from distributed_reptile import InnerLearner, ReptileMetaRL
 from distributed_reptile.runners.base import Runner, TaskFailedError
-from distributed_reptile.runners.ray_pool import RayRunner
+from distributed_reptile.runners.ray_runner import RayRunner
 from distributed_reptile.tasks.families import make_cartpole_task
 
 #: Two outer steps of four 64-step PPO tasks: meta steps 0-3, then 4-7.
@@ -95,13 +95,14 @@ class ReliableReptile(ReptileMetaRL):
     @property
     def runner(self) -> Runner:
         if self._runner is None:
+            settings = self.execution.settings
             self._runner = RayRunner(
                 self._learner_factory(),
-                num_workers=self.num_workers,
-                worker_resources=self.worker_resources,
+                num_workers=settings.num_workers,
+                worker_resources=settings.worker_resources,
                 **{
-                    "max_restarts": self.max_worker_restarts,
-                    "max_task_retries": self.max_task_retries,
+                    "max_restarts": settings.max_worker_restarts,
+                    "max_task_retries": settings.max_task_retries,
                     **self.runner_options,
                 },
             )

@@ -32,7 +32,7 @@ def test_plain_step_is_phi_plus_lr_times_mean_delta():
         after = weights_of(meta)
         for name in before:
             th.testing.assert_close(after[name], before[name] + 0.25 * 3.0, rtol=0, atol=1e-6)
-        assert meta._last_update_norm == pytest.approx(
+        assert meta.last_update_norm == pytest.approx(
             0.25 * 3.0 * np.sqrt(sum(p.numel() for p in meta.meta_policy.parameters())), rel=1e-5
         )
 

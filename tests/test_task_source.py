@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from distributed_reptile import TaskGenerator
-from distributed_reptile.runners.ray_pool import make_remote_task_source
 from distributed_reptile.tasks.families import make_cartpole_task
+from distributed_reptile.tasks.remote import make_remote_task_source
 from distributed_reptile.tasks.source import TaskSource
 
 

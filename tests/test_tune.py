@@ -69,7 +69,7 @@ def test_two_trial_sweep_reports_every_step_and_best_checkpoint_loads(tmp_path, 
 
 
 def test_unknown_search_key_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="not ReptileMetaRL arguments"):
+    with pytest.raises(ValueError, match="not trainer settings"):
         run_sweep(cartpole_kwargs(), {"learning_rat": "uniform(0, 1)"}, storage_path=str(tmp_path))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distributed_reptile.bench.common import (
@@ -47,7 +48,7 @@ COMPONENTS = (
 WORKER_RSS_TARGET_MB = 450.0
 
 
-def task_rows(records: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+def task_rows(records: Sequence[Mapping[str, Any]], workers: int) -> list[dict[str, Any]]:
     """One row per task: its timings and the split of ``round_trip - total - weight_fetch``."""
     rows = []
     for rec in records:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import platform
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import psutil
+
+from distributed_reptile.jsonutil import write_json
 
 #: Folder of the repository's benchmark scripts and reference implementations.
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -338,21 +339,6 @@ def new_report(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers and non-finite floats as strings."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return repr(value)
-
-
 def write_report(
     out_dir: str | os.PathLike[str],
     report: dict[str, Any],
@@ -377,7 +363,7 @@ def write_report(
     report["targets"] = [t.to_dict() for t in targets]
     json_path = folder / f"{name}.json"
     png_path = folder / f"{name}.png"
-    json_path.write_text(json.dumps(json_safe(report), indent=2, sort_keys=False), encoding="utf-8")
+    write_json(json_path, report)
     fig = plt.figure(figsize=(11, 4.5))
     try:
         plot(fig)

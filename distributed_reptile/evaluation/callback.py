@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from distributed_reptile.evaluation.core import (
 from distributed_reptile.evaluation.report import json_ready
 from distributed_reptile.tasks.spec import TaskCallable, TaskSpec
 from distributed_reptile.weights import NumpyWeights, module_to_numpy
+
+if TYPE_CHECKING:
+    from distributed_reptile.records import StepRecord
 
 
 class MetaEvalCallback(MetaCallback):
@@ -166,7 +169,7 @@ class MetaEvalCallback(MetaCallback):
         report["seconds"] = time.perf_counter() - t0
         return report
 
-    def _on_outer_step_end(self, record: dict[str, Any]) -> bool:
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
         trainer = self.trainer
         assert trainer is not None and self.budgets is not None
         if trainer.num_outer_steps % self.eval_freq != 0:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distributed_reptile.execution.registry import backend_names
 from distributed_reptile.weights import NumpyWeights
 
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stochastic", action="store_true", help="sample actions in evaluation episodes"
     )
     parser.add_argument("--eval-seed", type=int, default=0)
-    parser.add_argument("--backend", choices=["ray", "serial"], default="ray")
+    parser.add_argument("--backend", choices=list(backend_names()), default="ray")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument(
         "--ray-address", default=None, help="join this Ray cluster instead of starting one"
@@ -103,7 +104,7 @@ def _check_same_keys(name: str, weights: NumpyWeights, reference: NumpyWeights) 
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation of ``argv`` (without the ``evaluate`` word); write JSON, PNG, Markdown."""
     args = build_parser().parse_args(argv)
-    from distributed_reptile.algorithms.reptile import ReptileMetaRL
+    from distributed_reptile.algorithms.base import load_trainer
     from distributed_reptile.evaluation.core import (
         evaluate_inits,
         held_out_specs,
@@ -112,6 +113,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         resolve_task_callable,
     )
     from distributed_reptile.evaluation.report import save_report
+    from distributed_reptile.imports import import_path_of
     from distributed_reptile.weights import module_to_numpy
 
     t0 = time.perf_counter()
@@ -124,7 +126,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     }
     if args.ray_address:
         overrides["ray_address"] = args.ray_address
-    meta = ReptileMetaRL.load(folders[0], **overrides)
+    meta = load_trainer(folders[0], **overrides)
     try:
         reference = module_to_numpy(meta.meta_policy)
         meta_weights = [reference]
@@ -173,6 +175,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
             seed=args.eval_seed,
             metadata={
                 "family": family,
+                "algorithm": import_path_of(type(meta)),
                 "checkpoints": [str(f) for f in folders],
                 "baselines": list(args.baseline),
                 "backend": args.backend,

@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from distributed_reptile import jsonutil
 from distributed_reptile.evaluation.core import budget_axis
 
-
-def json_ready(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays as Python values, NaN and infinities as ``None``."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item") and getattr(value, "size", 2) == 1:
-        return json_ready(value.item())
-    if hasattr(value, "tolist"):
-        return json_ready(value.tolist())
-    return value
+#: The package's JSON policy (:func:`distributed_reptile.jsonutil.to_jsonable`).
+json_ready = jsonutil.to_jsonable
 
 
 def write_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``report`` as JSON (NaN and infinities become ``null``)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(json_ready(dict(report)), indent=2, sort_keys=False), encoding="utf-8"
-    )
-    return out
+    """Write ``report`` as strict JSON (NaN and infinities become ``null``); parents created."""
+    return jsonutil.write_json(path, dict(report))
 
 
 def plot_report(

@@ -8,10 +8,13 @@ is computed here (regularised incomplete beta, then bisection) so that the packa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from distributed_reptile.evaluation.core import Budgets
 
 _CF_MAX_ITER = 300
 _CF_EPS = 1e-15
@@ -145,10 +148,140 @@ def paired_difference(
     return out
 
 
+# ---------------------------------------------------------------------------- reports
+def _pair(
+    ref: np.ndarray, other: np.ndarray, ref_name: str, other_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Align two ``(seeds, tasks)`` arrays unit by unit (a single seed is paired with every seed)."""
+    if ref.shape == other.shape:
+        return ref, other
+    if other.shape[0] == 1:
+        return ref, np.broadcast_to(other, ref.shape)
+    if ref.shape[0] == 1:
+        return np.broadcast_to(ref, other.shape), other
+    raise ValueError(
+        f"Cannot pair {ref_name!r} ({ref.shape[0]} weight sets) with {other_name!r} "
+        f"({other.shape[0]}): give both the same number (one per training seed) or one of them a single set."
+    )
+
+
+def summarize(
+    per_unit: Mapping[str, np.ndarray],
+    budgets: Budgets,
+    reference: str = "meta",
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Means, t-intervals and paired differences of per-task returns.
+
+    :param per_unit: name -> array ``(n_seeds, n_tasks, n_budgets)`` of mean episode returns
+        (one row per training seed's weights; every init on the same tasks, in the same order).
+    :param budgets: the budgets of the last axis.
+    :param reference: the initialisation compared with each other one (``reference - other``).
+    :param confidence: coverage of the intervals.
+    :return: a JSON-ready dict:
+
+        * ``inits[name]["budgets"]``: per budget, the t-interval over all units (tasks x seeds),
+          the per-seed means and the t-interval across seed means (``across_seeds``);
+        * ``inits[name]["adaptation_gain"]``: per budget, return minus the return at the smallest
+          budget, paired by unit (is the init adapting, or only pretrained?);
+        * ``paired["<reference> - <other>"]``: per budget, the paired difference by unit and
+          across seed means;
+        * ``per_task``: the input arrays as nested lists.
+    """
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in per_unit.items()}
+    n_b = len(budgets.env_steps)
+    n_tasks = None
+    for name, arr in arrays.items():
+        if arr.ndim != 3 or arr.shape[2] != n_b:
+            raise ValueError(
+                f"{name!r}: expected an array (seeds, tasks, {n_b} budgets), got shape {arr.shape}."
+            )
+        if n_tasks is not None and arr.shape[1] != n_tasks:
+            raise ValueError("Every initialisation must be evaluated on the same tasks.")
+        n_tasks = arr.shape[1]
+    if reference not in arrays:
+        raise ValueError(
+            f"The reference initialisation {reference!r} is not among {sorted(arrays)}."
+        )
+
+    def budget_fields(b: int) -> dict[str, Any]:
+        return {
+            "label": budgets.label(b),
+            "env_steps": budgets.env_steps[b],
+            "rollouts": None if budgets.rollouts is None else budgets.rollouts[b],
+        }
+
+    inits: dict[str, Any] = {}
+    for name, arr in arrays.items():
+        rows, gains = [], []
+        for b in range(n_b):
+            values = arr[:, :, b]
+            seed_means = values.mean(axis=1)
+            rows.append(
+                {
+                    **budget_fields(b),
+                    **t_interval(values.ravel(), confidence),
+                    "seed_means": seed_means.tolist(),
+                    "across_seeds": t_interval(seed_means, confidence),
+                }
+            )
+            gains.append(
+                {
+                    **budget_fields(b),
+                    **paired_difference(values.ravel(), arr[:, :, 0].ravel(), confidence),
+                    "across_seeds": t_interval(seed_means - arr[:, :, 0].mean(axis=1), confidence),
+                }
+            )
+        inits[name] = {"n_seeds": int(arr.shape[0]), "budgets": rows, "adaptation_gain": gains}
+
+    paired: dict[str, Any] = {}
+    ref = arrays[reference]
+    for name, arr in arrays.items():
+        if name == reference:
+            continue
+        rows = []
+        for b in range(n_b):
+            a, o = _pair(ref[:, :, b], arr[:, :, b], reference, name)
+            rows.append(
+                {
+                    **budget_fields(b),
+                    **paired_difference(a.ravel(), o.ravel(), confidence),
+                    "across_seeds": t_interval(a.mean(axis=1) - o.mean(axis=1), confidence),
+                }
+            )
+        paired[f"{reference} - {name}"] = rows
+
+    return {
+        "confidence": confidence,
+        "reference": reference,
+        "budgets": budgets.as_dict(),
+        "n_tasks": int(n_tasks or 0),
+        "inits": inits,
+        "paired": paired,
+        "per_task": {k: v.tolist() for k, v in arrays.items()},
+        "notes": (
+            "Intervals are two-sided Student-t intervals. 'mean'/'ci_*' treat every (training seed, "
+            "task) pair as one unit; 'across_seeds' uses one value per training seed (the mean over "
+            "tasks), the more conservative view of seed-to-seed variation."
+        ),
+    }
+
+
+def budget_axis(budgets: Mapping[str, Any]) -> tuple[list[int], str]:
+    """The x values and axis label of a report's budgets (rollouts where known)."""
+    if budgets.get("rollouts") is not None:
+        return list(
+            budgets["rollouts"]
+        ), f"adaptation budget (inner rollouts of {budgets['rollout_steps']} env steps)"
+    return list(budgets["env_steps"]), "adaptation budget (env steps)"
+
+
 __all__ = [
+    "budget_axis",
     "paired_difference",
     "regularized_incomplete_beta",
     "student_t_cdf",
     "student_t_ppf",
+    "summarize",
     "t_interval",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 import time
@@ -19,6 +18,7 @@ from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import check_for_correct_spaces
 
+from distributed_reptile.sb3_models import build_sb3_model
 from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import NumpyWeights, load_numpy_into_module, parameters_to_numpy
 
@@ -118,7 +118,6 @@ class InnerLearner:
         self.model: BaseAlgorithm | None = None
         self.meta_weights: NumpyWeights = {}
         self._fresh_tensors: dict[str, th.Tensor] = {}
-        self.tasks_run = 0
 
     # ------------------------------------------------------------------ entry point
     def run(self, job: TaskJob, meta_weights: NumpyWeights) -> AdaptedResult:
@@ -160,7 +159,6 @@ class InnerLearner:
                 self.model = None
             if self.torch_threads is not None and previous_threads != self.torch_threads:
                 th.set_num_threads(previous_threads)
-        self.tasks_run += 1
         return AdaptedResult(
             meta_step=job.spec.meta_step,
             index=job.index,
@@ -252,11 +250,16 @@ class InnerLearner:
 
     # ------------------------------------------------------------------ override points
     def build_model(self, env: Any) -> BaseAlgorithm:
-        """A new SB3 model on ``env`` (same construction as the meta model)."""
-        kwargs = copy.deepcopy(self.rl_algo_kwargs)  # SB3 edits policy_kwargs in place
-        policy = kwargs.pop("policy", "MlpPolicy")
-        device = kwargs.pop("device", self.device)
-        return self.rl_algorithm(env=env, policy=policy, device=device, **kwargs)
+        """A new SB3 model on ``env`` (same construction as the meta model); its device is the
+        kwargs' ``device``, else the learner's."""
+        model: BaseAlgorithm = build_sb3_model(
+            self.rl_algorithm,
+            self.rl_algo_kwargs,
+            env,
+            device=self.rl_algo_kwargs.get("device", self.device),
+            quiet_logger=False,
+        )
+        return model
 
     def copy_meta_to_task(self, task_model: BaseAlgorithm) -> None:
         """Load the meta weights (``self.meta_weights``) into the whole task policy."""
@@ -397,7 +400,3 @@ def _lookup_worker_info() -> dict[str, Any]:
     except Exception:  # pragma: no cover - informational only
         pass
     return info
-
-
-def mean_or_nan(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")

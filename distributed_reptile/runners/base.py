@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from distributed_reptile.inner.learner import AdaptedResult, InnerLearner, TaskJob
+from distributed_reptile.settings import check_task_retries, check_tasks_per_call
 from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import NumpyWeights
 
@@ -39,6 +40,9 @@ class Runner(Protocol):
     """Runs inner loops; knows nothing of the meta-update."""
 
     num_workers: int
+    #: One record per rerun or worker change: ``kind``, ``meta_step``, ``index``, ``attempt``,
+    #: ``worker`` and ``reason``.
+    retry_events: list[dict[str, Any]]
 
     def run_batch(self, jobs: list[TaskJob], meta_weights: NumpyWeights) -> Iterator[AdaptedResult]:
         """Yield one result per job, in job order (``job.index``)."""
@@ -71,26 +75,12 @@ class TaskFailedError(RuntimeError):
         self.attempts = attempts
 
 
-def check_task_retries(task_retries: int) -> int:
-    """``task_retries`` as an int >= 0, or a ValueError that names the fix."""
-    if isinstance(task_retries, bool) or not isinstance(task_retries, int) or task_retries < 0:
-        raise ValueError(
-            f"task_retries must be an integer >= 0 (0: no retry), got {task_retries!r}."
-        )
-    return task_retries
-
-
-def check_tasks_per_call(tasks_per_call: int | str) -> int | str:
-    """``tasks_per_call`` as an int >= 1 or ``"auto"``, or a ValueError that names the fix."""
-    if tasks_per_call == "auto":
-        return "auto"
-    if (
-        isinstance(tasks_per_call, bool)
-        or not isinstance(tasks_per_call, int)
-        or tasks_per_call < 1
-    ):
-        raise ValueError(
-            "tasks_per_call must be an integer >= 1 (tasks sent to a Ray worker in one call) or "
-            f"'auto' (the batch split evenly over the workers), got {tasks_per_call!r}."
-        )
-    return tasks_per_call
+__all__ = [
+    "NOT_RETRIED",
+    "LearnerFactory",
+    "Runner",
+    "TaskFailedError",
+    "TaskSourceHandle",
+    "check_task_retries",
+    "check_tasks_per_call",
+]

@@ -18,17 +18,16 @@ wall time: 8000 outer steps of 4 tasks, the Reptile direction applied through SG
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch as th
 
+from distributed_reptile.jsonutil import dumps, write_json
 from distributed_reptile.sine.env import GRID_POINTS, SUPPORT_SIZE, make_sine_task
 
 
@@ -93,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _timing_breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _timing_breakdown(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Where the time of the outer steps went (sums over the run, means per task)."""
     task_timings = [t for r in records for t in r.get("task_timings", [])]
 
@@ -313,12 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checkpoint": str(out / "checkpoint" / f"sine_outer_{outer_done}"),
         },
     }
-    (out / "sine.json").write_text(
-        json.dumps(report, indent=2, default=_json_default), encoding="utf-8"
-    )
+    write_json(out / "sine.json", report)
     after, before = mse["meta"]["after_adaptation"], mse["random"]["after_adaptation"]
     print(
-        json.dumps(
+        dumps(
             {
                 "outer_steps": outer_done,
                 "meta_init_mse_after": round(after["mean"], 3),
@@ -333,14 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return repr(value)
 
 
 if __name__ == "__main__":

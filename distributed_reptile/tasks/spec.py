@@ -8,6 +8,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from distributed_reptile.jsonutil import to_jsonable
+
 TaskCallable = Callable[..., tuple[gym.Env, dict[str, Any]]]
 
 
@@ -53,7 +55,7 @@ class TaskSpec:
             "origin_meta_step": self.origin_meta_step,
             "random_seed": self.random_seed,
             "revisit": self.revisit,
-            "info": _json_friendly(self.info),
+            "info": to_jsonable(self.info),
         }
 
 
@@ -103,17 +105,3 @@ def _check_env(env: Any, where: str) -> None:
             f"{where} returned {type(env).__name__} where a gymnasium.Env was expected "
             "(an object with reset, step, observation_space and action_space)."
         )
-
-
-def _json_friendly(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_friendly(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_friendly(v) for v in value]
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    if hasattr(value, "item") and getattr(value, "size", 2) == 1:
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return repr(value)

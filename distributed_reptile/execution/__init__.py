@@ -1,0 +1,33 @@
+"""Execution backends: where inner loops run, chosen by name and injected into the outer loop.
+
+:func:`open_backend` builds the backend registered under a name (``"serial"``, ``"ray"``) from
+:class:`~distributed_reptile.settings.ExecutionSettings`; the trainer, the evaluation and Tune
+all get theirs here. Adding a backend is one module with a class shaped like
+:class:`~distributed_reptile.execution.base.Backend` plus one line in
+:data:`~distributed_reptile.execution.registry.BACKENDS` (or a call to
+:func:`register_backend`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from distributed_reptile.execution.registry import BACKENDS, backend_names, register_backend
+from distributed_reptile.imports import resolve_import_path
+
+if TYPE_CHECKING:
+    from distributed_reptile.execution.base import Backend
+    from distributed_reptile.settings import ExecutionSettings
+
+
+def open_backend(name: str, settings: ExecutionSettings | None = None) -> Backend:
+    """The backend registered as ``name``, opened with ``settings`` (defaults when ``None``)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {backend_names()}, got {name!r}.")
+    from distributed_reptile.settings import ExecutionSettings
+
+    backend_cls = resolve_import_path(BACKENDS[name])
+    return backend_cls(settings or ExecutionSettings())  # type: ignore[no-any-return]
+
+
+__all__ = ["BACKENDS", "backend_names", "open_backend", "register_backend"]

@@ -1,0 +1,323 @@
+"""One batch of inner loops on the Ray workers: scheduling, retries and time limits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from distributed_reptile.inner.learner import AdaptedResult, TaskJob
+from distributed_reptile.ray_utils import same_error
+from distributed_reptile.runners.base import NOT_RETRIED, TaskFailedError
+from distributed_reptile.runners.ray_transport import WeightsArg
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerPool(Protocol):
+    """What a batch needs of the workers: the interface it uses of
+    :class:`~distributed_reptile.runners.ray_actors.ActorPool`."""
+
+    num_workers: int
+
+    @property
+    def starting(self) -> Mapping[int, tuple[ray.ObjectRef, float]]:
+        """Workers whose new actor has not answered yet: index -> (its ``ready()`` call, since)."""
+        ...
+
+    def submit(self, idx: int, jobs: list[TaskJob], weights_arg: WeightsArg) -> ray.ObjectRef:
+        """Queue ``jobs`` (one actor call) on worker ``idx``."""
+        ...
+
+    def replace(self, idx: int) -> None:
+        """Kill worker ``idx`` for good and start a new actor in its place."""
+        ...
+
+    def info_ready(self, idx: int, ref: ray.ObjectRef) -> None:
+        """Worker ``idx``'s ``ready()`` call ``ref`` has answered."""
+        ...
+
+    def check_restarted(self, idx: int, pid: int | None) -> str | None:
+        """Why worker ``idx`` now runs in process ``pid`` (Ray restarted it), or None."""
+        ...
+
+
+class BatchScheduler:
+    """Book-keeping of one ``run_batch`` call: what runs where, since when, how often it failed.
+
+    Jobs go to the least-loaded workers, ``pipeline_depth`` calls of ``chunk`` jobs at most per
+    worker, and at most a window of results is held at once; :meth:`results` hands them over in
+    job order. The faults and what each costs are those of
+    :class:`~distributed_reptile.runners.ray_runner.RayRunner`.
+
+    :param pool: the workers.
+    :param jobs: the jobs of the batch.
+    :param weights_arg: the meta weights, as :func:`weights_argument` made them.
+    :param chunk: jobs per actor call.
+    :param pipeline_depth: calls queued per worker at once.
+    :param task_retries: reruns of a failed job before the run fails.
+    :param task_timeout_s: time limit of one job in seconds (``None``: no limit).
+    :param retry_events: the list that a record of each rerun or worker change is appended to.
+    """
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        jobs: list[TaskJob],
+        weights_arg: WeightsArg,
+        *,
+        chunk: int,
+        pipeline_depth: int,
+        task_retries: int,
+        task_timeout_s: float | None,
+        retry_events: list[dict[str, Any]],
+    ) -> None:
+        self.pool = pool
+        self.weights_arg = weights_arg
+        self.pipeline_depth = pipeline_depth
+        self.task_retries = task_retries
+        self.task_timeout_s = task_timeout_s
+        self.retry_events = retry_events
+        self.pending: list[TaskJob] = sorted(jobs, key=lambda j: j.index)
+        self.order = [j.index for j in self.pending]
+        n = self.num_workers = pool.num_workers
+        self.chunk = chunk
+        self.window = (n * pipeline_depth + n) * self.chunk
+        self.queues: list[deque[ray.ObjectRef]] = [deque() for _ in range(n)]
+        self.head_since = [0.0] * n
+        #: call -> (worker, the jobs it carries, in order)
+        self.inflight: dict[ray.ObjectRef, tuple[int, list[TaskJob]]] = {}
+        self.failures: dict[int, int] = {}
+        self.submitted_at: dict[int, float] = {}
+        self.done: dict[int, AdaptedResult] = {}
+        self.cursor = 0
+
+    @property
+    def inflight_jobs(self) -> int:
+        """Jobs carried by the calls in flight."""
+        return sum(len(chunk) for _, chunk in self.inflight.values())
+
+    def results(self) -> Iterator[AdaptedResult]:
+        """Run the batch; yield one result per job, in job order, as soon as it can be."""
+        while self.cursor < len(self.order):
+            self.submit()
+            self.wait_and_collect()
+            while self.cursor < len(self.order) and self.order[self.cursor] in self.done:
+                result = self.done.pop(self.order[self.cursor])
+                self.cursor += 1
+                yield result
+
+    # ------------------------------------------------------------------ submitting
+    def submit(self) -> None:
+        """Hand pending jobs to the least-loaded actors, within the result window.
+
+        The job the cursor waits for always passes the window: it may be a rerun, and the results
+        held in ``done`` behind it cannot be handed over before it.
+        """
+        while self.pending:
+            job = self.pending[0]
+            full = len(self.done) + self.inflight_jobs >= self.window
+            if full and job.index != self.order[self.cursor]:
+                break
+            idx = min(range(self.num_workers), key=lambda k: len(self.queues[k]))
+            if len(self.queues[idx]) >= self.pipeline_depth:
+                break
+            chunk = self.pending[: self.chunk]
+            del self.pending[: self.chunk]
+            now = time.perf_counter()
+            ref = self.pool.submit(idx, chunk, self.weights_arg)
+            if not self.queues[idx]:
+                self.head_since[idx] = now
+            self.queues[idx].append(ref)
+            self.inflight[ref] = (idx, chunk)
+            for j in chunk:
+                self.submitted_at[j.index] = now
+
+    def requeue(self, jobs: list[TaskJob]) -> None:
+        self.pending = sorted(self.pending + jobs, key=lambda j: j.index)
+
+    # ------------------------------------------------------------------ collecting
+    def wait_and_collect(self) -> None:
+        """Wait for one result (or the next deadline) and deal with what came back."""
+        starting = {ref: idx for idx, (ref, _) in self.pool.starting.items()}
+        refs = list(self.inflight) + list(starting)
+        if not refs:
+            return
+        ready, rest = ray.wait(refs, num_returns=1, timeout=self._next_deadline())
+        if ready and rest:
+            # everything else already done, in one call instead of one wait per result
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        for ref in ready:
+            if ref in starting:
+                idx = starting[ref]
+                self.pool.info_ready(idx, ref)
+                if self.queues[idx]:
+                    self.head_since[idx] = time.perf_counter()
+            elif ref in self.inflight:
+                # (a call no longer in flight went back to pending with its worker's other calls
+                # when an earlier ref of this wait showed that worker lost)
+                self._collect(ref)
+        if self.task_timeout_s is not None:
+            self._enforce_timeouts()
+
+    def _next_deadline(self) -> float | None:
+        limit = self.task_timeout_s
+        if limit is None:
+            return None
+        starting = self.pool.starting
+        deadlines = [t + limit for _, t in starting.values()]
+        deadlines += [
+            self.head_since[i] + self._limit(q[0])
+            for i, q in enumerate(self.queues)
+            if q and i not in starting
+        ]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.perf_counter())
+
+    def _limit(self, ref: ray.ObjectRef) -> float:
+        """Time limit of call ``ref``: ``task_timeout_s`` per task it carries."""
+        limit = self.task_timeout_s
+        assert limit is not None
+        return limit * len(self.inflight[ref][1])
+
+    def _take(self, ref: ray.ObjectRef) -> tuple[int, list[TaskJob]]:
+        idx, chunk = self.inflight.pop(ref)
+        queue = self.queues[idx]
+        if queue and queue[0] == ref:
+            queue.popleft()
+            self.head_since[idx] = time.perf_counter()
+        else:
+            queue.remove(ref)
+        return idx, chunk
+
+    def _collect(self, ref: ray.ObjectRef) -> None:
+        running = self.inflight[self.queues[self.inflight[ref][0]][0]][1]
+        idx, chunk = self._take(ref)
+        try:
+            value = ray.get(ref)
+        except RayTaskError as err:
+            cause = err.cause if err.cause is not None else err
+            if isinstance(cause, NOT_RETRIED):
+                raise same_error(cause, err) from err
+            failed_index = getattr(cause, "_job_index", chunk[0].index)
+            failed = next((j for j in chunk if j.index == failed_index), chunk[0])
+            self.requeue([j for j in chunk if j is not failed])  # their results went with the call
+            self._failed(failed, cause, idx, "error")
+        except RayActorError as err:
+            # Ray restarted the worker and reran the task as often as allowed, or the worker is
+            # gone for good: start a new one; the jobs queued on the old one run again. The task
+            # that was running (the oldest on that worker; the first of its call) takes the blame,
+            # whichever error arrived first.
+            if running is not chunk:
+                self._take(next(r for r in self.queues[idx] if self.inflight[r][1] is running))
+                self.requeue(chunk)
+            self._clear_worker(idx)
+            self.requeue(running[1:])
+            self._failed(running[0], err, idx, "worker_lost")
+        except RayError as err:  # e.g. the result object was lost with its node
+            self.requeue(chunk[1:])
+            self._failed(chunk[0], err, idx, "result_lost")
+        else:
+            results: list[AdaptedResult] = value
+            now = time.perf_counter()
+            for job, result in zip(chunk, results, strict=True):
+                result.timings["round_trip"] = now - self.submitted_at.pop(job.index)
+                self.done[job.index] = result
+            restarted = self.pool.check_restarted(idx, results[0].worker.get("pid"))
+            if restarted is not None:
+                attempt = self.failures.get(chunk[0].index, 0) + 1
+                self.record_retry("worker_restarted", chunk[0], attempt, idx, restarted)
+
+    def _enforce_timeouts(self) -> None:
+        limit = self.task_timeout_s
+        assert limit is not None
+        now = time.perf_counter()
+        starting = self.pool.starting
+        for idx in range(self.num_workers):
+            if idx in starting:
+                ref, since = starting[idx]
+                if now - since < limit:
+                    continue
+                what = f"worker {idx} did not start within task_timeout_s={limit:g} s"
+            elif self.queues[idx] and now - self.head_since[idx] >= self._limit(
+                self.queues[idx][0]
+            ):
+                what = f"no result within task_timeout_s={limit:g} s"
+                if len(self.inflight[self.queues[idx][0]][1]) > 1:
+                    what += " per task"
+            else:
+                continue
+            if not self.queues[idx]:
+                self.pool.replace(idx)
+                continue
+            # Ray cannot stop a running actor task: kill the worker and start a new one.
+            _, chunk = self._take(self.queues[idx][0])
+            self._clear_worker(idx)
+            self.requeue(chunk[1:])
+            self._failed(chunk[0], TimeoutError(what), idx, "timeout")
+
+    def _clear_worker(self, idx: int) -> None:
+        """Replace worker ``idx``; the jobs queued on it go back to ``pending`` (not counted)."""
+        orphans = [job for ref in list(self.queues[idx]) for job in self._take(ref)[1]]
+        self.pool.replace(idx)
+        self.requeue(orphans)
+
+    def _failed(self, job: TaskJob, cause: BaseException, idx: int, kind: str) -> None:
+        """Count a failed attempt of ``job``: run it again, or fail the run when retries are out."""
+        failures = self.failures[job.index] = self.failures.get(job.index, 0) + 1
+        if failures > self.task_retries:
+            raise TaskFailedError(
+                job, cause, worker=f"Ray worker {idx}", attempts=failures
+            ) from cause
+        reason = f"{type(cause).__name__}: {cause}"
+        self.record_retry(kind, job, failures, idx, reason)
+        logger.warning(
+            "Task meta_step=%s (attempt %d) failed on Ray worker %d (%s); running it again.",
+            job.spec.meta_step,
+            failures,
+            idx,
+            reason,
+        )
+        self.requeue([job])
+
+    def record_retry(self, kind: str, job: TaskJob, attempt: int, idx: int, reason: str) -> None:
+        """Append a record of a rerun or worker change to ``retry_events``."""
+        self.retry_events.append(
+            {
+                "kind": kind,
+                "meta_step": job.spec.meta_step,
+                "index": job.index,
+                "attempt": attempt,
+                "worker": idx,
+                "reason": reason,
+            }
+        )
+
+    # ------------------------------------------------------------------ cleaning up
+    def drain(self) -> None:
+        """Leave no task running when the batch ends early (an error, or the consumer stopped).
+
+        Waits for the tasks in flight so the next batch does not queue behind them; with a time
+        limit, workers whose tasks do not finish within it are replaced.
+        """
+        if not self.inflight:
+            return
+        refs = list(self.inflight)
+        limit = self.task_timeout_s
+        if limit is None:
+            ray.wait(refs, num_returns=len(refs))
+            self.inflight.clear()
+            return
+        _, late = ray.wait(
+            refs, num_returns=len(refs), timeout=limit * self.pipeline_depth * self.chunk
+        )
+        for idx in sorted({self.inflight[ref][0] for ref in late}):
+            self.pool.replace(idx)
+        self.inflight.clear()
