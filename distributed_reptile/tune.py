@@ -25,9 +25,8 @@ from typing import Any
 from distributed_reptile.callbacks import MetaCallback
 from distributed_reptile.execution.resources import (
     InsufficientResourcesError,
-    check_fits,
+    check_pool_fits,
     worker_bundle,
-    workers_that_fit,
 )
 from distributed_reptile.imports import import_path_of, resolve_import_path
 from distributed_reptile.records import SCALAR_KEYS, StepRecord
@@ -173,20 +172,7 @@ def check_trial_fits(num_workers: int, worker_resources: Mapping[str, Any] | Non
     otherwise wait for it forever, printing only its own resource warnings)."""
     import ray
 
-    worker = worker_bundle(worker_resources)
-    cluster = ray.cluster_resources()
-    spare = {**cluster, "CPU": float(cluster.get("CPU", 0.0)) - DRIVER_CPUS}
-    fit = workers_that_fit(worker, spare)
-    per_worker = ", ".join(f"{v:g} {k}" for k, v in sorted(worker.items()))
-    check_fits(
-        [{"CPU": DRIVER_CPUS}] + [worker] * num_workers,
-        cluster,
-        f"Each trial (its driver, {DRIVER_CPUS:g} CPU, and num_workers={num_workers} workers of "
-        f"{per_worker} each) would",
-        f"Use --set num_workers={fit} (the most that fit with the trial's driver)."
-        if fit > 0
-        else "Lower worker_resources.",
-    )
+    check_pool_fits(num_workers, worker_resources, ray.cluster_resources(), DRIVER_CPUS)
 
 
 def run_sweep(

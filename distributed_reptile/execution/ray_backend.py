@@ -5,12 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from distributed_reptile.execution.resources import (
-    InsufficientResourcesError,
-    check_fits,
-    worker_bundle,
-    workers_that_fit,
-)
+from distributed_reptile.execution.resources import InsufficientResourcesError, check_pool_fits
 from distributed_reptile.ray_utils import ensure_ray
 from distributed_reptile.runners.base import LearnerFactory, Runner, TaskSourceHandle
 from distributed_reptile.runners.ray_runner import RayRunner
@@ -63,19 +58,8 @@ class RayBackend:
         import ray
 
         s = self.settings
-        bundle = worker_bundle(s.worker_resources)
-        cluster = ray.cluster_resources()
-        fit = workers_that_fit(bundle, cluster)
-        per_worker = ", ".join(f"{v:g} {k}" for k, v in sorted(bundle.items()))
         try:
-            check_fits(
-                [bundle] * s.num_workers,
-                cluster,
-                f"num_workers={s.num_workers} workers of {per_worker} each",
-                f"Use --set num_workers={fit} (the most that fit), or lower worker_resources."
-                if fit > 0
-                else "Lower worker_resources to what a node has.",
-            )
+            check_pool_fits(s.num_workers, s.worker_resources, ray.cluster_resources())
         except InsufficientResourcesError as err:
             if self.mode == "started":
                 raise

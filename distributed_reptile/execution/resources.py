@@ -65,3 +65,27 @@ def workers_that_fit(bundle: Mapping[str, float], cluster: Mapping[str, float]) 
     """How many workers of ``bundle`` the cluster's totals hold."""
     counts = [math.floor(float(cluster.get(k, 0.0)) / v + 1e-9) for k, v in bundle.items() if v > 0]
     return max(0, min(counts)) if counts else 0
+
+
+def check_pool_fits(
+    num_workers: int,
+    worker_resources: Mapping[str, Any] | None,
+    cluster: Mapping[str, float],
+    driver_cpus: float = 0.0,
+) -> None:
+    """Refuse ``num_workers`` workers (plus a driver bundle of ``driver_cpus``, as a Tune trial
+    holds) that ``cluster`` can never hold, naming the ``num_workers`` that fits."""
+    worker = worker_bundle(worker_resources)
+    spare = {**cluster, "CPU": float(cluster.get("CPU", 0.0)) - driver_cpus}
+    fit = workers_that_fit(worker, spare)
+    per_worker = ", ".join(f"{v:g} {k}" for k, v in sorted(worker.items()))
+    pool = f"num_workers={num_workers} workers of {per_worker} each"
+    driver = [{"CPU": driver_cpus}] if driver_cpus > 0 else []
+    check_fits(
+        driver + [worker] * num_workers,
+        cluster,
+        f"Each trial (its driver, {driver_cpus:g} CPU, and {pool}) would" if driver else pool,
+        f"Use --set num_workers={fit} (the most that fit), or lower worker_resources."
+        if fit > 0
+        else "Lower worker_resources to what a node has.",
+    )
