@@ -116,6 +116,34 @@ def run_summary(
     return to_jsonable(summary)  # type: ignore[no-any-return]
 
 
+def _resume_problem(folder: Path, outer_steps: int) -> str | None:
+    """What is wrong with resuming ``folder`` up to ``outer_steps`` (``None``: nothing), checked
+    before a run folder is made or Ray starts."""
+    from distributed_reptile.checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        read_trainer_state,
+    )
+
+    if (folder / "checkpoints").is_dir():
+        last = latest_checkpoint(folder / "checkpoints", "meta_ckpt")
+        hint = f"its last checkpoint is {last}" if last else "it holds no complete checkpoint"
+        return f"this is a run folder, not a checkpoint: {hint}."
+    try:
+        state = read_trainer_state(folder)
+    except CheckpointError as err:
+        last = latest_checkpoint(folder.parent, folder.name.rsplit("_outer_", 1)[0])
+        intact = f" The last complete checkpoint beside it is {last}." if last else ""
+        return f"{err}{intact}"
+    done = int(state.get("num_outer_steps", 0))
+    if done >= outer_steps:
+        return (
+            f"the checkpoint has already done {done} outer steps and the config asks for "
+            f"{outer_steps}: nothing is left to run. Train further with --set outer_steps={done * 2}."
+        )
+    return None
+
+
 def _train(args: argparse.Namespace) -> int:
     from distributed_reptile.config import ConfigError, load_config
 
@@ -134,6 +162,11 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if resume is not None:
+        problem = _resume_problem(resume, config.outer_steps)
+        if problem:
+            print(f"distributed-reptile train: --resume {args.resume}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
 
     out = Path(args.output).expanduser() if args.output else default_output_dir(config.name)
     out.mkdir(parents=True, exist_ok=True)

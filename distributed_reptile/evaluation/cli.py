@@ -126,7 +126,13 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     }
     if args.ray_address:
         overrides["ray_address"] = args.ray_address
-    meta = load_trainer(folders[0], **overrides)
+    from distributed_reptile.checkpoint import CheckpointError
+
+    try:
+        meta = load_trainer(folders[0], **overrides)
+    except CheckpointError as err:
+        print(f"distributed-reptile evaluate: {err}", file=sys.stderr)
+        return 2
     try:
         reference = module_to_numpy(meta.meta_policy)
         meta_weights = [reference]
