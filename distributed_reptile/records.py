@@ -109,8 +109,10 @@ class StepRecord(Mapping[str, Any]):
         """A record read back from JSON (missing numbers are NaN; unknown keys go to ``extra``)."""
         known = {k: v for k, v in data.items() if k in _FIELDS}
         for name in _FLOATS:
-            if name in known and not isinstance(known[name], int | float):
-                known[name] = _NAN if name != "meta_lr" or known[name] is not None else None
+            value = known.get(name, 0.0)
+            if isinstance(value, int | float) or (name == "meta_lr" and value is None):
+                continue
+            known[name] = _NAN  # written as null (or "nan" by older versions)
         extra = {k: v for k, v in data.items() if k not in _FIELDS}
         return cls(**known, extra=extra)
 

@@ -22,10 +22,9 @@ if TYPE_CHECKING:
 
 def open_backend(name: str, settings: ExecutionSettings | None = None) -> Backend:
     """The backend registered as ``name``, opened with ``settings`` (defaults when ``None``)."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {backend_names()}, got {name!r}.")
-    from distributed_reptile.settings import ExecutionSettings
+    from distributed_reptile.settings import ExecutionSettings, check_backend
 
+    check_backend(name)
     backend_cls = resolve_import_path(BACKENDS[name])
     return backend_cls(settings or ExecutionSettings())  # type: ignore[no-any-return]
 
