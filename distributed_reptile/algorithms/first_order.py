@@ -1,9 +1,15 @@
-"""The arithmetic first-order methods share: sum adapted weights in task order, then apply a mean
-delta to the meta policy directly or through the meta-optimizer.
+"""The arithmetic first-order methods share: an exact sum of per-task contributions (or a sum of
+adapted weights in task order), then a mean delta applied to the meta policy directly or through
+the meta-optimizer.
 
-A first-order method is a :class:`FirstOrderMetaAlgorithm` whose ``meta_update`` decides how much
-each task counts and hands the result to :meth:`FirstOrderMetaAlgorithm.apply_mean_delta`; see
-:class:`~distributed_reptile.ReptileMetaRL` (every task counts once).
+A first-order method is a :class:`FirstOrderMetaAlgorithm`. One whose update is a weighted mean
+of per-task terms declares ``combine = "sum"`` and says how much each task counts
+(:meth:`~FirstOrderMetaAlgorithm.task_weight`) or what it contributes
+(:meth:`~FirstOrderMetaAlgorithm.task_contribution`): the workers fold each actor call's tasks
+into one exact partial sum (:mod:`distributed_reptile.reduction`) and the driver receives one
+weight-sized array per call, not per task. See :class:`~distributed_reptile.ReptileMetaRL`
+(every task counts once). A method that needs every task's adapted weights at the driver keeps
+``combine = "all"`` and writes ``meta_update`` over the results (e.g. with :class:`WeightSum`).
 """
 
 from __future__ import annotations
@@ -11,15 +17,27 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch as th
 
 from distributed_reptile.algorithms.base import BaseMetaAlgorithm
+from distributed_reptile.algorithms.results import COMBINE_MODES, NonFiniteWeightsError
+from distributed_reptile.inner.learner import AdaptedResult
+from distributed_reptile.reduction import (
+    Contribution,
+    FixedSum,
+    TaskReducer,
+    delta_contribution,
+    on_grid,
+)
+from distributed_reptile.weights import NumpyWeights
 
 
 class WeightSum:
-    """A running sum of adapted weights, one buffer per meta parameter, added in task order.
+    """A running sum of adapted weights, one buffer per meta parameter, added in task order
+    (float arithmetic: the result depends on the order; for ``combine = "all"`` methods).
 
     The driver holds one extra copy of the weights plus the few results in flight, whatever the
     number of tasks.
@@ -56,9 +74,17 @@ class WeightSum:
 
 
 class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
-    """Base of first-order methods: subclasses compute a mean delta, this class applies it.
+    """Base of first-order methods: the mean of per-task contributions, applied to the meta policy.
 
-    ``meta_update`` of a subclass typically reads::
+    The default :meth:`meta_update` moves the meta policy by ``meta_lr`` times
+    ``sum_i w_i (phi_i - phi) / sum_i w_i``, summed exactly (:mod:`distributed_reptile.reduction`),
+    with ``w_i`` from :meth:`task_weight` (1 unless overridden). With ``combine = "sum"`` (as
+    :class:`~distributed_reptile.ReptileMetaRL` declares) the workers compute each task's term
+    and send one partial sum per actor call; with ``combine = "all"`` (the default) every task's
+    weights come to the driver, which computes the same terms: the same bits either way.
+
+    A method that needs more than a weighted mean keeps ``combine = "all"`` and writes its own
+    ``meta_update`` over the results, in task order, for instance::
 
         sums = WeightSum(self.meta_params())
         for result in results:
@@ -66,11 +92,97 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
         self.apply_mean_delta(sums.mean_delta() if sums.count else None, self.get_meta_lr(outer_step))
     """
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.combine not in COMBINE_MODES:
+            raise TypeError(
+                f"{cls.__name__}.combine is {cls.combine!r}; it must be one of {COMBINE_MODES}."
+            )
+
     def meta_params(self) -> dict[str, th.nn.Parameter]:
         """The meta policy's parameters that the update moves (``ignored_layers`` left out)."""
         return {
             n: p for n, p in self.meta_policy.named_parameters() if n not in self.ignored_params
         }
+
+    # ------------------------------------------------------------------ per-task contributions
+    @classmethod
+    def task_weight(cls, result: AdaptedResult) -> float:
+        """How much one task counts in the mean (default 1), from its statistics
+        (``result.episode_returns``, ``env_steps``, ``task``...; not its weights). With
+        ``combine = "sum"`` it runs on the worker: it may read class attributes, not the trainer."""
+        return 1.0
+
+    @classmethod
+    def task_contribution(
+        cls, adapted: NumpyWeights, meta: NumpyWeights, result: AdaptedResult
+    ) -> Contribution:
+        """One task's term of the sum: ``w * (phi_i - phi)`` in float64 with weight ``w``
+        (:meth:`task_weight`, rounded to the sum's grid). ``adapted`` and ``meta`` hold the
+        parameters the update moves. With ``combine = "sum"`` it runs on the worker."""
+        weight = on_grid(cls.task_weight(result))
+        values = delta_contribution(adapted, meta, result).values
+        if weight != 1.0:
+            for v in values.values():
+                np.multiply(v, weight, out=v)
+        return Contribution(values, weight)
+
+    def task_reducer(self) -> TaskReducer:
+        """What the workers fold each task with: the parameters the update moves and
+        :meth:`task_contribution` (the plain delta when neither it nor :meth:`task_weight` is
+        overridden, so the workers need not import this class)."""
+        cls = type(self)
+        plain = all(
+            getattr(cls, n).__func__ is getattr(FirstOrderMetaAlgorithm, n).__func__
+            for n in ("task_weight", "task_contribution")
+        )
+        contribution = delta_contribution if plain else ClassContribution(cls)
+        return TaskReducer(tuple(self.meta_params()), contribution)
+
+    def summed(self, results: Iterable[AdaptedResult]) -> FixedSum:
+        """The exact sum of the tasks' contributions, reading ``results`` to the end: merged from
+        the workers' partial sums (a step's stream with ``combine = "sum"``), or computed here from
+        each result's adapted weights. Same bits either way, in any order.
+
+        :raises NonFiniteWeightsError: a result's adapted weights hold NaN or infinity (results
+            from the trainer's own stream were checked already).
+        """
+        total = getattr(results, "total", None)
+        if isinstance(total, FixedSum):
+            for _ in results:
+                pass  # the stream merges each call's partial sum as its results pass
+            return total
+        reducer = self.task_reducer()
+        meta = {n: p.detach().cpu().numpy() for n, p in self.meta_params().items()}
+        total = FixedSum()
+        for result in results:
+            bad = reducer.fold(total, result, meta)
+            if bad:
+                raise NonFiniteWeightsError(
+                    f"Task meta_step={result.meta_step} has non-finite adapted weights in {bad[:5]}."
+                )
+        return total
+
+    def mean_delta_of(self, total: FixedSum) -> dict[str, th.Tensor] | None:
+        """The mean of an exact sum, cast to each parameter's dtype and device (``None`` when no
+        task was kept)."""
+        if total.count == 0:
+            return None
+        params = self.meta_params()
+        missing = [n for n in params if n not in total.sums]
+        if missing:
+            raise ValueError(f"The tasks' contributions leave out parameters {missing[:5]}.")
+        return {  # one parameter's float64 mean at a time
+            n: th.from_numpy(total.mean_of(n)).to(device=p.device, dtype=p.dtype)
+            for n, p in params.items()
+        }
+
+    def meta_update(self, results: Iterable[AdaptedResult], outer_step: int) -> None:
+        """``phi <- phi + meta_lr * sum_i w_i (phi_i - phi) / sum_i w_i`` (see the class)."""
+        meta_lr = self.get_meta_lr(outer_step)
+        # The results iterator may run inner loops in this process (serial backend): it is not
+        # consumed under no_grad.
+        self.apply_mean_delta(self.mean_delta_of(self.summed(results)), meta_lr)
 
     def apply_mean_delta(self, mean_delta: Mapping[str, th.Tensor] | None, meta_lr: float) -> None:
         """``phi <- phi + meta_lr * mean_delta``, or an optimizer step with gradient
@@ -97,6 +209,18 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
             self.last_update_norm = norm(p.sub(before[n]) for n, p in params.items())
 
 
+@dataclass(frozen=True)
+class ClassContribution:
+    """``algorithm.task_contribution`` as a picklable callable (the class travels by name)."""
+
+    algorithm: type[FirstOrderMetaAlgorithm]
+
+    def __call__(
+        self, adapted: NumpyWeights, meta: NumpyWeights, result: AdaptedResult
+    ) -> Contribution:
+        return self.algorithm.task_contribution(adapted, meta, result)
+
+
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Element-wise folds are memory-bound: one torch thread is faster and steadier than several."""
@@ -117,4 +241,10 @@ def norm(tensors: Iterable[th.Tensor]) -> float:
     )
 
 
-__all__ = ["FirstOrderMetaAlgorithm", "WeightSum", "norm", "single_thread"]
+__all__ = [
+    "ClassContribution",
+    "FirstOrderMetaAlgorithm",
+    "WeightSum",
+    "norm",
+    "single_thread",
+]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar, Literal
 
-from distributed_reptile.algorithms.first_order import FirstOrderMetaAlgorithm, WeightSum
+from distributed_reptile.algorithms.first_order import FirstOrderMetaAlgorithm
 from distributed_reptile.inner.learner import AdaptedResult
 
 
@@ -14,15 +15,21 @@ class ReptileMetaRL(FirstOrderMetaAlgorithm):
     Without a meta-optimizer: ``phi <- phi + lr(o) * (1/B) * sum_i (phi_i - phi)`` over the meta
     policy's named parameters, skipping those matched by ``ignored_layers``. With
     ``use_meta_optimizer=True``: an optimizer step with gradient ``-(1/B) * sum_i (phi_i - phi)``.
-    The sum runs in task order whatever the order results arrived in, so the meta weights are the
-    same on any backend and any number of workers. See :class:`BaseMetaAlgorithm` for the arguments.
+
+    ``combine = "sum"``: each worker computes ``phi_i - phi`` (float64) for the tasks it ran and
+    sends one exact fixed-point partial sum per actor call
+    (:mod:`distributed_reptile.reduction`); the driver adds the partial sums as integers and takes
+    the mean. Integer sums do not depend on order or grouping, so the meta weights are the same
+    bit for bit on any backend, any number of workers and any ``tasks_per_call``, with or without
+    reruns. See :class:`BaseMetaAlgorithm` for the arguments.
     """
 
+    combine: ClassVar[Literal["all", "sum"]] = "sum"
+
     def meta_update(self, results: Iterable[AdaptedResult], outer_step: int) -> None:
+        """``phi <- phi + lr * mean_i (phi_i - phi)``: ``results`` is a step's stream (partial
+        sums from the workers) or any results with adapted weights (the same sum, computed here)."""
         meta_lr = self.get_meta_lr(outer_step)
-        sums = WeightSum(self.meta_params())
         # The results iterator may run inner loops in this process (serial backend): it is not
-        # consumed under no_grad; only the additions are.
-        for result in results:
-            sums.add(result.weights)
-        self.apply_mean_delta(sums.mean_delta() if sums.count else None, meta_lr)
+        # consumed under no_grad.
+        self.apply_mean_delta(self.mean_delta_of(self.summed(results)), meta_lr)

@@ -18,6 +18,7 @@ from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import check_for_correct_spaces
 
+from distributed_reptile.reduction import FixedSum
 from distributed_reptile.sb3_models import build_sb3_model
 from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import NumpyWeights, load_numpy_into_module, parameters_to_numpy
@@ -57,7 +58,8 @@ class TaskJob:
 
 @dataclass
 class AdaptedResult:
-    """What a worker sends back: the adapted weights (numpy) and what happened on the way."""
+    """What a worker sends back: the adapted weights (numpy), or its share of a partial sum, and
+    what happened on the way."""
 
     meta_step: int
     index: int
@@ -69,6 +71,12 @@ class AdaptedResult:
     task: dict[str, Any] = field(default_factory=dict)
     eval_returns: list[float] = field(default_factory=list)
     eval_returns_by_budget: list[list[float]] = field(default_factory=list)
+    #: Set when the runner was given a reducer (an algorithm with ``combine = "sum"``): then the
+    #: weights stay on the worker, ``weights`` is empty, the first result of each actor call
+    #: carries the exact partial sum of the call's tasks (``None`` on the others), and
+    #: ``nonfinite`` names the NaN or infinite adapted weights that kept this task out of it.
+    partial: FixedSum | None = None
+    nonfinite: list[str] = field(default_factory=list)
 
 
 def _recursive_getattr(obj: Any, dotted: str) -> Any:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from distributed_reptile.inner.learner import AdaptedResult, InnerLearner, TaskJob
+from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.settings import check_task_retries, check_tasks_per_call
 from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import NumpyWeights
@@ -44,8 +45,21 @@ class Runner(Protocol):
     #: ``worker`` and ``reason``.
     retry_events: list[dict[str, Any]]
 
-    def run_batch(self, jobs: list[TaskJob], meta_weights: NumpyWeights) -> Iterator[AdaptedResult]:
-        """Yield one result per job, in job order (``job.index``)."""
+    def run_batch(
+        self,
+        jobs: list[TaskJob],
+        meta_weights: NumpyWeights,
+        reducer: TaskReducer | None = None,
+    ) -> Iterator[AdaptedResult]:
+        """Yield one result per job, in job order (``job.index``).
+
+        Without ``reducer`` each result carries the task's adapted weights. With one (for an
+        algorithm whose ``combine`` is ``"sum"``), where the tasks run each finished task is
+        folded into one :class:`~distributed_reptile.reduction.FixedSum` per call of tasks run
+        together (:meth:`TaskReducer.reduce <distributed_reptile.reduction.TaskReducer.reduce>`):
+        results then carry statistics only, and the first result of each call its partial sum.
+        A call is atomic: a rerun call's sum replaces the lost one, never adds to it.
+        """
         ...
 
     def close(self) -> None: ...

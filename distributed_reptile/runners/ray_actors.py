@@ -10,7 +10,10 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from distributed_reptile.execution.resources import worker_bundle
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
+from distributed_reptile.ray_pending import WorkersNotStartedError, wait_ready
+from distributed_reptile.reduction import FixedSum, TaskReducer
 from distributed_reptile.runners.base import LearnerFactory
 from distributed_reptile.runners.ray_transport import WeightsArg, unpack_weights
 
@@ -39,21 +42,30 @@ class LearnerActor:
             "resources": ctx.get_assigned_resources(),
         }
 
-    def run(self, jobs: list[TaskJob], weights_arg: WeightsArg) -> list[AdaptedResult]:
+    def run(
+        self, jobs: list[TaskJob], weights_arg: WeightsArg, reducer: TaskReducer | None = None
+    ) -> list[AdaptedResult]:
         """Run the jobs of one call (one, or ``tasks_per_call``) in order, from the same weights.
 
         ``weights_arg`` is the pickled weights (small networks) or a one-item list holding their
         object-store reference. A job that raises marks the exception with its index
         (``_job_index``), so the driver knows which job failed and reruns the others without
-        counting them.
+        counting them. With ``reducer``, each finished task is folded at once into one partial
+        sum for the call (its weights are dropped, non-finite ones are named and left out), and
+        the call sends back that sum, on its first result, with every task's statistics.
         """
         t0 = time.perf_counter()
         weights = unpack_weights(weights_arg)
         fetch = time.perf_counter() - t0
         results: list[AdaptedResult] = []
+        partial = FixedSum() if reducer is not None else None
         for job in jobs:
             try:
                 result = self.learner.run(job, weights)
+                if reducer is not None and partial is not None:
+                    t_fold = time.perf_counter()
+                    reducer.reduce_one(partial, result, weights)
+                    result.timings["fold"] = time.perf_counter() - t_fold
             except BaseException as exc:
                 # The reused model may hold whatever state the failure left: a rerun rebuilds it.
                 self.learner.model = None
@@ -64,6 +76,8 @@ class LearnerActor:
                 raise
             result.timings["weight_fetch"] = fetch if not results else 0.0
             results.append(result)
+        if results:
+            results[0].partial = partial
         return results
 
 
@@ -90,6 +104,7 @@ class ActorPool:
         worker_resources: dict[str, Any] | None = None,
         max_restarts: int = 3,
         max_task_retries: int = 3,
+        start_timeout_s: float | None = None,
     ) -> None:
         self.num_workers = int(num_workers)
         resources = dict(worker_resources or {})
@@ -107,9 +122,14 @@ class ActorPool:
         self._stale: set[int] = set()
         self._actors = [self._new_actor() for _ in range(self.num_workers)]
         try:
-            self.worker_info: list[dict[str, Any]] = ray.get(
-                [a.ready.remote() for a in self._actors]
+            self.worker_info: list[dict[str, Any]] = wait_ready(
+                [a.ready.remote() for a in self._actors],
+                worker_bundle(resources),
+                start_timeout_s,
             )
+        except WorkersNotStartedError:
+            self.stop()
+            raise
         except RayActorError as err:
             self.stop()
             raise RuntimeError(
@@ -133,9 +153,15 @@ class ActorPool:
         was started, ``time.perf_counter()``). Read-only; kept up to date."""
         return MappingProxyType(self._starting)
 
-    def submit(self, idx: int, jobs: list[TaskJob], weights_arg: WeightsArg) -> ray.ObjectRef:
+    def submit(
+        self,
+        idx: int,
+        jobs: list[TaskJob],
+        weights_arg: WeightsArg,
+        reducer: TaskReducer | None = None,
+    ) -> ray.ObjectRef:
         """Queue ``jobs`` (one actor call) on worker ``idx``; the call's result reference."""
-        ref: ray.ObjectRef = self._actors[idx].run.remote(jobs, weights_arg)
+        ref: ray.ObjectRef = self._actors[idx].run.remote(jobs, weights_arg, reducer)
         return ref
 
     def replace(self, idx: int) -> None:

@@ -13,6 +13,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.ray_utils import same_error
+from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import NOT_RETRIED, TaskFailedError
 from distributed_reptile.runners.ray_transport import WeightsArg
 
@@ -30,8 +31,15 @@ class WorkerPool(Protocol):
         """Workers whose new actor has not answered yet: index -> (its ``ready()`` call, since)."""
         ...
 
-    def submit(self, idx: int, jobs: list[TaskJob], weights_arg: WeightsArg) -> ray.ObjectRef:
-        """Queue ``jobs`` (one actor call) on worker ``idx``."""
+    def submit(
+        self,
+        idx: int,
+        jobs: list[TaskJob],
+        weights_arg: WeightsArg,
+        reducer: TaskReducer | None = None,
+    ) -> ray.ObjectRef:
+        """Queue ``jobs`` (one actor call) on worker ``idx``; with ``reducer``, the call returns
+        one partial sum of its tasks (see :meth:`LearnerActor.run`)."""
         ...
 
     def replace(self, idx: int) -> None:
@@ -63,6 +71,9 @@ class BatchScheduler:
     :param task_retries: reruns of a failed job before the run fails.
     :param task_timeout_s: time limit of one job in seconds (``None``: no limit).
     :param retry_events: the list that a record of each rerun or worker change is appended to.
+    :param reducer: fold each call's tasks into one partial sum where they run (``None``: every
+        result carries its adapted weights). A call counts once: its results, partial sum
+        included, are taken only when none of its jobs has a result yet.
     """
 
     def __init__(
@@ -76,8 +87,10 @@ class BatchScheduler:
         task_retries: int,
         task_timeout_s: float | None,
         retry_events: list[dict[str, Any]],
+        reducer: TaskReducer | None = None,
     ) -> None:
         self.pool = pool
+        self.reducer = reducer
         self.weights_arg = weights_arg
         self.pipeline_depth = pipeline_depth
         self.task_retries = task_retries
@@ -95,6 +108,8 @@ class BatchScheduler:
         self.failures: dict[int, int] = {}
         self.submitted_at: dict[int, float] = {}
         self.done: dict[int, AdaptedResult] = {}
+        #: Jobs whose result has been taken (each counts once, see :meth:`_first_delivery`).
+        self.collected: set[int] = set()
         self.cursor = 0
 
     @property
@@ -130,7 +145,7 @@ class BatchScheduler:
             chunk = self.pending[: self.chunk]
             del self.pending[: self.chunk]
             now = time.perf_counter()
-            ref = self.pool.submit(idx, chunk, self.weights_arg)
+            ref = self.pool.submit(idx, chunk, self.weights_arg, self.reducer)
             if not self.queues[idx]:
                 self.head_since[idx] = now
             self.queues[idx].append(ref)
@@ -226,6 +241,8 @@ class BatchScheduler:
             self._failed(chunk[0], err, idx, "result_lost")
         else:
             results: list[AdaptedResult] = value
+            if not self._first_delivery(chunk):
+                return
             now = time.perf_counter()
             for job, result in zip(chunk, results, strict=True):
                 result.timings["round_trip"] = now - self.submitted_at.pop(job.index)
@@ -234,6 +251,22 @@ class BatchScheduler:
             if restarted is not None:
                 attempt = self.failures.get(chunk[0].index, 0) + 1
                 self.record_retry("worker_restarted", chunk[0], attempt, idx, restarted)
+
+    def _first_delivery(self, chunk: list[TaskJob]) -> bool:
+        """Whether a call that just answered carries the first results of its jobs. A call whose
+        jobs all have results already is dropped (with a partial sum, taking it would count those
+        tasks twice); a call that overlaps them only in part cannot be split and fails the run."""
+        seen = [j.index for j in chunk if j.index in self.collected]
+        if not seen:
+            self.collected.update(j.index for j in chunk)
+            return True
+        if len(seen) == len(chunk):
+            logger.warning("Dropped a second answer for tasks %s (already counted).", seen)
+            return False
+        raise RuntimeError(
+            f"A call's tasks {[j.index for j in chunk]} overlap tasks already counted {seen}: "
+            "the batch's book-keeping is broken (please report this)."
+        )
 
     def _enforce_timeouts(self) -> None:
         limit = self.task_timeout_s

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
+from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import LearnerFactory
 from distributed_reptile.runners.ray_actors import ActorPool
 from distributed_reptile.runners.ray_batch import BatchScheduler
@@ -60,6 +61,9 @@ class RayRunner:
         load best; more saves Ray's per-call cost (about a millisecond) when tasks take only a few
         milliseconds. ``"auto"``: the batch split evenly over the workers, one call each.
         Results, and so the meta weights, do not depend on it.
+    :param worker_start_timeout_s: how long the workers may stay pending at start before
+        :class:`~distributed_reptile.ray_pending.WorkersNotStartedError` (``None``: no limit);
+        what is pending is reported every 15 s meanwhile.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class RayRunner:
         task_retries: int = 2,
         task_timeout_s: float | None = None,
         tasks_per_call: int | str = 1,
+        worker_start_timeout_s: float | None = None,
     ) -> None:
         self.num_workers = int(num_workers)
         self.tasks_per_call = check_tasks_per_call(tasks_per_call)
@@ -89,6 +94,7 @@ class RayRunner:
             worker_resources=worker_resources,
             max_restarts=max_restarts,
             max_task_retries=max_task_retries,
+            start_timeout_s=worker_start_timeout_s,
         )
 
     @property
@@ -112,7 +118,15 @@ class RayRunner:
         """Workers replaced by a new actor (after Ray gave up on one, or after a timeout)."""
         return self._pool.replacements
 
-    def run_batch(self, jobs: list[TaskJob], meta_weights: NumpyWeights) -> Iterator[AdaptedResult]:
+    def run_batch(
+        self,
+        jobs: list[TaskJob],
+        meta_weights: NumpyWeights,
+        reducer: TaskReducer | None = None,
+    ) -> Iterator[AdaptedResult]:
+        """See :meth:`Runner.run_batch <distributed_reptile.runners.base.Runner.run_batch>`. With
+        ``reducer`` each actor call sends back one partial sum (int64, 8 bytes per parameter)
+        instead of every task's adapted weights (4 bytes per parameter and task)."""
         weights_arg = weights_argument(meta_weights)
         batch = BatchScheduler(
             self._pool,
@@ -123,6 +137,7 @@ class RayRunner:
             task_retries=self.task_retries,
             task_timeout_s=self.task_timeout_s,
             retry_events=self.retry_events,
+            reducer=reducer,
         )
         try:
             yield from batch.results()
