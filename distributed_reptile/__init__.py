@@ -17,6 +17,7 @@ from distributed_reptile.callbacks import (
     StopOnWallClock,
 )
 from distributed_reptile.checkpoint import CheckpointError
+from distributed_reptile.errors import RunInterruptedError
 from distributed_reptile.inner import AdaptedResult, InnerLearner, TaskJob
 from distributed_reptile.records import StepRecord
 from distributed_reptile.runners import TaskFailedError
@@ -46,6 +47,7 @@ __all__ = [
     "ListTask",
     "NonFiniteWeightsError",
     "ReptileMetaRL",
+    "RunInterruptedError",
     "StepRecord",
     "TaskFailedError",
     "TaskGenerator",

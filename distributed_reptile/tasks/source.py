@@ -54,6 +54,49 @@ class TaskSource:
     def prefetchable(self) -> bool:
         return self.can_prefetch
 
+    def restorable(self) -> bool:
+        """Whether a lost source can be rebuilt from its state: the generator has
+        ``state_dict()`` and ``load_state_dict()``."""
+        return all(hasattr(self.generator, m) for m in ("state_dict", "load_state_dict"))
+
+    def startup(self) -> dict[str, Any]:
+        """What the Ray proxy asks first, in one call: whether the source can draw ahead and be
+        rebuilt, and (when it can be) its state."""
+        restorable = self.restorable()
+        return {
+            "prefetch": self.can_prefetch,
+            "restorable": restorable,
+            "state": self.state_dict() if restorable else None,
+        }
+
+    def sample_specs_with_state(
+        self, meta_steps: list[int], seeds: list[int | None], with_state: bool
+    ) -> tuple[dict[str, Any] | None, list[TaskSpec]]:
+        """:meth:`sample_specs`, with (``with_state``) the state from before the draws."""
+        state = self.state_dict() if with_state else None
+        return state, self.sample_specs(meta_steps, seeds)
+
+    def sample_steps_with_state(
+        self, steps: list[tuple[list[int], list[int | None]]], with_state: bool
+    ) -> tuple[dict[str, Any] | None, list[list[TaskSpec]]]:
+        """:meth:`sample_steps`, with (``with_state``) the state from before the draws."""
+        state = self.state_dict() if with_state else None
+        return state, self.sample_steps(steps)
+
+    def restore(self, state: dict[str, Any], done: list[tuple[Any, ...]]) -> dict[str, Any]:
+        """Load ``state``, redo what was ``done`` since it, in order (``("sample", meta_steps,
+        seeds)``: a draw; ``("reset_history",)``), and return the state reached: a new source
+        that continues exactly where a lost one stood."""
+        self.load_state_dict(state)
+        for op in done:
+            if op[0] == "sample":
+                self.sample_specs(op[1], op[2])
+            elif op[0] == "reset_history":
+                self.reset_history()
+            else:
+                raise ValueError(f"Unknown task-source operation {op[0]!r} to redo.")
+        return self.state_dict()
+
     def sample_specs(self, meta_steps: list[int], seeds: list[int | None]) -> list[TaskSpec]:
         """One spec per meta step, drawn in order."""
         return [self._sample(m, s) for m, s in zip(meta_steps, seeds, strict=True)]
