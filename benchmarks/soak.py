@@ -1,16 +1,25 @@
-"""Soak run of the Ray runner: does memory, the object store or the open files grow over a long run?
+"""Soak run: does memory, the object store, the open files or the checkpoint grow over a long run?
 
-Runs many outer steps of tiny tasks (PPO on the CartPole family, 64 inner steps, 4 tasks per
-outer step) on Ray workers and prints, every ``--every`` outer steps: the driver's RSS, each
-worker's RSS (and the task-source actor's), the object store's usage, the object references the
-driver holds, its open file descriptors and threads, and the pickled size of ``step_records``
-(which grows by design: one record per outer step). It ends with whether the figures at the
-last step stay within ``--tolerance`` of those at the first measured step.
+``--backend ray`` (the default) runs many outer steps of tiny tasks (PPO on the CartPole family,
+64 inner steps, 4 tasks per outer step) on Ray workers and prints, every ``--every`` outer steps:
+the driver's RSS, each worker's RSS (and the task-source actor's), the object store's usage, the
+object references the driver holds, its open file descriptors and threads, and the pickled size
+of ``step_records`` (the newest 1000 records: it stops growing there).
+
+``--backend serial`` runs many tiny outer steps in-process (``--learner noop``: a learner that
+returns the meta weights at once, so the steps cost almost nothing but the bookkeeping) with a
+checkpoint every ``--every`` steps, and prints the driver's RSS, the records kept in memory, the
+size of the newest checkpoint (its ``trainer_state.json`` and the whole folder) and of the
+step-records file, which alone grows (a line per step).
+
+Each ends with whether the figures at the last step stay within ``--tolerance`` of those at the
+first measured step.
 
 Usage::
 
     .venv/bin/python benchmarks/soak.py                 # 300 outer steps, 2 workers
     .venv/bin/python benchmarks/soak.py --outer-steps 60 --every 10
+    .venv/bin/python benchmarks/soak.py --backend serial --learner noop --outer-steps 20000 --every 2000
 
 Exit status 0 when every check holds, 1 otherwise.
 """
@@ -23,15 +32,23 @@ import os
 import pickle
 import re
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
 from stable_baselines3 import PPO
 
 from distributed_reptile import ReptileMetaRL, TaskGenerator
+from distributed_reptile.bench.learners import NoOpLearner
+from distributed_reptile.checkpoint import STATE_FILE, latest_checkpoint
 from distributed_reptile.runners.ray_runner import RayRunner
 from distributed_reptile.tasks.families import make_cartpole_task
+
+#: The checkpoint's task-source state: the generator's RNG and its history of the tasks drawn
+#: (for revisits), which grows by a few dozen bytes per task unless ``history=False``.
+TASK_SOURCE_FILE = "task_source.pkl"
 
 MIB = 1024 * 1024
 
@@ -161,6 +178,118 @@ def verdict(
     return ok
 
 
+def folder_kib(folder: Path, leave_out: tuple[str, ...] = ()) -> float:
+    files = [p for p in folder.iterdir() if p.is_file() and p.name not in leave_out]
+    return sum(p.stat().st_size for p in files) / 1024
+
+
+def measure_serial(meta: ReptileMetaRL, save_path: Path, wall0: float) -> dict[str, Any]:
+    """The serial soak's figures, taken between outer steps."""
+    gc.collect()
+    ckpt = latest_checkpoint(save_path, "meta_ckpt")
+    assert ckpt is not None
+    records_file = meta.step_history.path
+    return {
+        "step": meta.num_outer_steps,
+        "secs": time.perf_counter() - wall0,
+        "driver_rss": psutil.Process().memory_info().rss / MIB,
+        "kept": len(meta.step_records),
+        "records_kib": len(pickle.dumps(meta.step_records)) / 1024,
+        "state_kib": (ckpt / STATE_FILE).stat().st_size / 1024,
+        "source_kib": (ckpt / TASK_SOURCE_FILE).stat().st_size / 1024,
+        "other_kib": folder_kib(ckpt, (STATE_FILE, TASK_SOURCE_FILE)),
+        "file_mib": records_file.stat().st_size / MIB if records_file is not None else 0.0,
+    }
+
+
+def soak_serial(args: argparse.Namespace) -> bool:
+    """Tiny outer steps in-process with a checkpoint every ``args.every`` steps; whether the
+    driver's memory and the checkpoint stay flat."""
+    learner = NoOpLearner if args.learner == "noop" else None
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        save_path = Path(tmp) / "checkpoints"
+        meta = ReptileMetaRL(
+            **soak_kwargs(args),
+            backend="serial",
+            **({"inner_learner_cls": learner} if learner is not None else {}),
+        )
+        with meta:
+            print(
+                f"soak: {args.outer_steps} outer steps x {args.task_batch_size} tasks, serial, "
+                f"{args.learner} learner, a checkpoint every {args.every} steps in {save_path}"
+            )
+            print(
+                f"{'step':>6} {'secs':>8} {'driver':>10} {'kept':>6} {'records':>8} "
+                f"{'trainer_':>9} {'task_':>9} {'other':>8} {'records':>8}"
+            )
+            print(
+                f"{'':>6} {'':>8} {'RSS MiB':>10} {'':>6} {'KiB':>8} {'state KiB':>9} "
+                f"{'source KiB':>9} {'ckpt KiB':>8} {'file MiB':>8}"
+            )
+            rows = []
+            t0 = time.perf_counter()
+            for target in range(args.every, args.outer_steps + 1, args.every):
+                meta.learn(
+                    outer_steps=target,
+                    reset_num_timesteps=target == args.every,
+                    save_path=str(save_path),
+                    keep_last=2,
+                )
+                rows.append(row := measure_serial(meta, save_path, t0))
+                print(
+                    f"{row['step']:6d} {row['secs']:8.1f} {row['driver_rss']:10.1f} "
+                    f"{row['kept']:6d} {row['records_kib']:8.1f} {row['state_kib']:9.1f} "
+                    f"{row['source_kib']:9.1f} {row['other_kib']:8.1f} {row['file_mib']:8.2f}",
+                    flush=True,
+                )
+            rate = meta.num_outer_steps / rows[-1]["secs"]
+            print(f"\nouter steps/s (checkpoints included): {rate:.0f}")
+    first, last = rows[0], rows[-1]
+    print(
+        f"\nChecks (step {first['step']} -> step {last['step']}, tolerance {args.tolerance:.0%}):"
+    )
+    ok = True
+    for name, key, slack in (
+        ("driver RSS", "driver_rss", first["driver_rss"] * args.tolerance),
+        ("records kept in memory", "records_kib", first["records_kib"] * args.tolerance),
+        ("checkpoint trainer_state.json", "state_kib", 1.0),
+        ("checkpoint task_source.pkl", "source_kib", 1.0),
+        ("checkpoint, other files", "other_kib", 1.0),
+    ):
+        passed = last[key] <= first[key] + slack
+        ok &= passed
+        print(
+            f"  {'OK  ' if passed else 'GROW'} {name}: {first[key]:.1f} -> {last[key]:.1f} "
+            f"(allowed +{slack:.1f})"
+        )
+    print(f"  (the step-records file grows by design: {last['file_mib']:.2f} MiB)")
+    return ok
+
+
+def soak_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Trainer arguments both soaks share (PPO on the CartPole family, tiny)."""
+    return {
+        "tasks_generator_cls": TaskGenerator,
+        "tasks_generator_params": {
+            "task_callable": make_cartpole_task,
+            "history": not args.no_task_history,
+        },
+        "rl_algorithm": PPO,
+        "rl_algo_kwargs": {
+            "policy": "MlpPolicy",
+            "n_steps": 64,
+            "batch_size": 32,
+            "n_epochs": 2,
+            "policy_kwargs": {"net_arch": [16, 16]},
+        },
+        "inner_steps": args.inner_steps,
+        "outer_steps": args.every,
+        "task_batch_size": args.task_batch_size,
+        "meta_lr": 0.5,
+        "seed": args.seed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the soak and print the figures; exit status 1 when something grows.
 
@@ -174,30 +303,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-batch-size", type=int, default=4)
     parser.add_argument("--tolerance", type=float, default=0.10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", choices=["ray", "serial"], default="ray")
+    parser.add_argument(
+        "--learner",
+        choices=["ppo", "noop"],
+        default="ppo",
+        help="noop: return the meta weights at once (serial soak only)",
+    )
+    parser.add_argument(
+        "--no-task-history",
+        action="store_true",
+        help="the task generator keeps no history of the tasks drawn (no revisits): without "
+        "it, that history grows by a task's description per task drawn",
+    )
     args = parser.parse_args(argv)
     if args.every <= 0 or args.outer_steps < 2 * args.every:
         parser.error("--outer-steps must be at least twice --every, and --every positive.")
+    if args.backend == "serial":
+        ok = soak_serial(args)
+        print("\nall checks hold" if ok else "\nsomething grows: see GROW above")
+        return 0 if ok else 1
+    if args.learner != "ppo":
+        parser.error("--learner noop goes with --backend serial.")
 
     import ray
 
     meta = ReptileMetaRL(
-        tasks_generator_cls=TaskGenerator,
-        tasks_generator_params={"task_callable": make_cartpole_task},
-        rl_algorithm=PPO,
-        rl_algo_kwargs={
-            "policy": "MlpPolicy",
-            "n_steps": 64,
-            "batch_size": 32,
-            "n_epochs": 2,
-            "policy_kwargs": {"net_arch": [16, 16]},
-        },
-        inner_steps=args.inner_steps,
-        outer_steps=args.every,
-        task_batch_size=args.task_batch_size,
-        meta_lr=0.5,
+        **soak_kwargs(args),
         num_workers=args.workers,
         backend="ray",
-        seed=args.seed,
         ray_init_kwargs={"log_to_driver": False},
     )
     with meta:

@@ -7,8 +7,8 @@ steps as a meta-training run used. Its weights are then evaluated exactly like t
 
 Command line (one command per baseline)::
 
-    python -m distributed_reptile.baselines CHECKPOINT --out multitask.zip [--seed 0]
-    python -m distributed_reptile.baselines --family pointnav --timesteps 200000 --out mt.zip \
+    python -m distributed_reptile.baselines CHECKPOINT --output multitask.zip [--seed 0]
+    python -m distributed_reptile.baselines --family pointnav --timesteps 200000 --output mt.zip \
         --algo-kwargs '{"n_steps": 1000, "policy_kwargs": {"net_arch": [64, 64]}}'
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 from stable_baselines3.common.logger import configure
 
 from distributed_reptile.sb3_models import build_sb3_model
+from distributed_reptile.step_history import totals_of_state
 from distributed_reptile.tasks.spec import TaskCallable, check_task_pair
 
 _MAX_SEED = 2**31 - 1
@@ -171,7 +172,7 @@ def checkpoint_training_setup(checkpoint: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{folder} was trained with a task generator that has no task_callable: pass --family."
         )
-    env_steps = sum(int(r.get("env_steps", 0)) for r in state.get("step_records", []))
+    env_steps = totals_of_state(state).env_steps
     return {
         "task_callable": params["task_callable"],
         "task_params": dict(params.get("task_callable_params") or {}),
@@ -211,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="env steps (default: those of the checkpoint's meta-training run)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="path of the saved SB3 model (.zip)")
+    parser.add_argument(
+        "--output", "--out", dest="out", required=True, help="path of the saved SB3 model (.zip)"
+    )
     parser.add_argument("--tensorboard-log", default=None)
     parser.add_argument("--verbose", type=int, default=0)
     return parser

@@ -6,16 +6,20 @@ A checkpoint is a folder::
     meta_optimizer.pt         meta-optimizer state (``torch.load(weights_only=True)``), if any
     task_source.pkl           task generator state: RNG, history, counters
     config.pkl                the trainer's constructor arguments (cloudpickle), when picklable
-    trainer_state.json        progress, seed, schedule position, step records, library versions
+    trainer_state.json        progress, seed, schedule position, step totals (not the step
+                              records: those are in the step-records file it names), versions
     meta_algo.zip             the meta model as an SB3 ``.save()`` zip, for interop
     MANIFEST.json             size and sha256 of every file above, written last
 
 It is built in a temporary folder beside its final place and renamed into place, so a crash
-leaves either the previous checkpoint or the new one, never half of one.
+leaves either the previous checkpoint or the new one, never half of one. When the disk fills
+while it is written, the temporary folder is removed, the checkpoints already there are left as
+they were, and :class:`DiskFullError` says where and how much room is left.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,6 +40,86 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupted."""
+
+
+class DiskFullError(CheckpointError):
+    """The disk (or the user's quota) filled while a checkpoint or a step-records file was
+    written. A partial checkpoint is removed: the checkpoints already there are intact.
+
+    :param path: the file or folder being written.
+    :param free_bytes: bytes free on its file system after the partial write was removed.
+    """
+
+    def __init__(
+        self, message: str, path: Path | None = None, free_bytes: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.free_bytes = free_bytes
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_DISK_FULL_TEXT = re.compile(
+    rf"No space left on device|Disk quota exceeded|os error ({errno.ENOSPC}|{errno.EDQUOT})\b"
+)
+#: Free bytes under which a write that failed without saying why (torch.save's "unexpected
+#: pos") is taken for a full disk.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free on the file system of ``path`` (or of its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return None
+    return None
+
+
+def _says_disk_full(exc: BaseException | None) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        if _DISK_FULL_TEXT.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(
+    exc: BaseException,
+    path: Path,
+    doing: str,
+    free_before: int | None = None,
+    kept: str = "the partial checkpoint was removed and earlier checkpoints are intact",
+) -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``exc`` when it comes from a full disk, else ``None``.
+
+    :param exc: the error the write raised.
+    :param path: what was being written.
+    :param doing: what was being done, for the message (``"writing checkpoint"``).
+    :param free_before: bytes free when the write failed (before clean-up); a failure that says
+        no errno counts as a full disk when this is under :data:`LOW_SPACE_BYTES`.
+    :param kept: what became of the partial write, for the message.
+    """
+    if isinstance(exc, DiskFullError):
+        return exc
+    low = free_before is not None and free_before < LOW_SPACE_BYTES
+    if not (_says_disk_full(exc) or (low and isinstance(exc, Exception))):
+        return None
+    free = free_bytes(path)
+    room = f"{free} bytes free there now" if free is not None else "free space unknown"
+    return DiskFullError(
+        f"The disk is full (No space left on device) while {doing} {path} ({room}; "
+        f"{type(exc).__name__}: {exc}). The run stopped; {kept}. Free some space (or point "
+        "save_path elsewhere) and resume from the last checkpoint.",
+        path,
+        free,
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -60,12 +144,16 @@ def _fsync_dir(path: Path) -> None:
 def write_checkpoint(
     final_dir: str | os.PathLike[str], write_files: Callable[[Path], None]
 ) -> Path:
-    """Call ``write_files(tmp_dir)``, add the manifest, then move the folder to ``final_dir`` atomically."""
+    """Call ``write_files(tmp_dir)``, add the manifest, then move the folder to ``final_dir`` atomically.
+
+    :raises DiskFullError: the disk filled while writing (the temporary folder is removed, and a
+        checkpoint already at ``final_dir`` is put back).
+    """
     final = Path(final_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         write_files(tmp)
         files = {}
         for path in sorted(tmp.iterdir()):
@@ -82,12 +170,21 @@ def write_checkpoint(
         if final.exists():
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.rename(old, final)
+            raise
         _fsync_dir(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        free_before = free_bytes(final.parent)
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full_error(exc, final, "writing checkpoint", free_before)
+        if full is not None and full is not exc:
+            raise full from exc
         raise
     return final
 
@@ -214,6 +311,9 @@ def write_trainer_files(folder: Path, trainer: Any) -> None:
         "versions": library_versions(),
         **trainer.checkpoint_state(),
     }
+    records_file = state.get("step_records_file")
+    if isinstance(records_file, str):  # found again when the run folder has moved
+        state["step_records_file_relative"] = os.path.relpath(records_file, folder.parent)
     (folder / STATE_FILE).write_text(
         json.dumps(to_jsonable(state), indent=2, sort_keys=True, allow_nan=False),
         encoding="utf-8",

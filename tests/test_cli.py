@@ -115,8 +115,17 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"].endswith("meta_ckpt_outer_1")
-    # the whole run's records: step 1 from the checkpoint, steps 2 and 3 from this command
-    assert summary["outer_steps"] == 3 and sum(summary["tasks_per_node"].values()) == 12
+    # the whole run's totals: step 1 from the checkpoint, steps 2 and 3 from this command
+    assert summary["outer_steps"] == 3 and summary["tasks"] == 12
+    # the node counts are this command's (its own cluster): steps 2 and 3
+    assert sum(summary["tasks_per_node"].values()) == 8 and summary["num_nodes"] == 1
+    assert [(s["first_outer_step"], s["outer_steps"]) for s in summary["sessions"]] == [
+        (1, 1),
+        (2, 2),
+    ]
+    # the new run folder's file starts with the first run's line of step 1
+    records = [json.loads(line) for line in (out / "step_records.jsonl").read_text().splitlines()]
+    assert [r["outer_step"] for r in records] == [1, 2, 3]
     a = _weights(first / "checkpoints" / "meta_ckpt_outer_3")
     b = _weights(out / "checkpoints" / "meta_ckpt_outer_3")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -169,7 +169,7 @@ def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
         ids = cluster.node_ids()
         assert source_node == ids["head"]
         state = _first_checkpoint_state(out, timeout=180, submit=submit)
-        before = {n for r in state["step_records"] for n in r["tasks_per_node"]}
+        before = {n for s in state["step_totals"]["sessions"] for n in s["tasks_per_node"]}
         assert before == {ids["head"], ids["second"]}, "tasks ran on one node only before the loss"
         os.kill(holder, signal.SIGKILL)  # room on the head for the worker of the lost node
         killed = cluster.kill_second_node()

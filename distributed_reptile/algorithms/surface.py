@@ -12,14 +12,15 @@ import numpy as np
 
 from distributed_reptile import checkpoint as ckpt
 from distributed_reptile.imports import import_path_of
-from distributed_reptile.records import StepLogger, StepRecord
+from distributed_reptile.records import StepLogger
+from distributed_reptile.step_history import RecentRecords, StepHistory, StepTotals
 
 SelfSurface = TypeVar("SelfSurface", bound="SB3Surface")
 
 
 class SB3Surface:
     """Mixed into :class:`~distributed_reptile.BaseMetaAlgorithm`, which sets the attributes read
-    here (``meta_algo``, ``meta_policy``, ``seed``, the schedule position, ``step_records``...)."""
+    here (``meta_algo``, ``meta_policy``, ``seed``, the schedule position...)."""
 
     meta_algo: Any
     meta_policy: Any
@@ -32,7 +33,28 @@ class SB3Surface:
     _last_optimizer_meta_lr: float | None
     _task_seed_mode: str
     _logger: StepLogger | None
-    step_records: list[StepRecord]
+    _step_history: StepHistory | None = None
+
+    @property
+    def step_history(self) -> StepHistory:
+        """Where the step records go: the newest in memory, running totals, the step-records file
+        (see :mod:`distributed_reptile.step_history`)."""
+        if self._step_history is None:
+            self._step_history = StepHistory()
+        return self._step_history
+
+    @property
+    def step_records(self) -> RecentRecords:
+        """The newest step records, oldest first (``learn(keep_records=...)``, 1000 by default):
+        ``step_records[-1]`` is the last outer step's. The whole run's are in the step-records
+        file (``learn(step_records_path=...)``), its totals in :attr:`step_totals`."""
+        return self.step_history.recent
+
+    @property
+    def step_totals(self) -> StepTotals:
+        """Running totals of the whole run's step records (outer steps, env steps, tasks,
+        seconds, tasks per node of each session), kept by checkpoints."""
+        return self.step_history.totals
 
     def predict(
         self,
@@ -73,7 +95,13 @@ class SB3Surface:
         self.meta_algo.save(Path(path))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a complete, resumable checkpoint folder at ``path`` (atomically)."""
+        """Write a complete, resumable checkpoint folder at ``path`` (atomically), after the
+        step-records file has every step up to this one.
+
+        :raises ~distributed_reptile.checkpoint.DiskFullError: the disk filled while writing;
+            earlier checkpoints are intact.
+        """
+        self.step_history.flush()
         return ckpt.write_checkpoint(
             path, functools.partial(ckpt.write_trainer_files, trainer=self)
         )
@@ -98,7 +126,7 @@ class SB3Surface:
             "task_seed_mode": self._task_seed_mode,
             "meta_lr_current": self.current_meta_lr,
             "last_optimizer_meta_lr": self._last_optimizer_meta_lr,
-            "step_records": [r.to_dict(timings=False) for r in self.step_records],
+            **self.step_history.state(),
         }
 
     @classmethod
@@ -124,4 +152,4 @@ class SB3Surface:
         self._task_seed_mode = state.get("task_seed_mode", "generator")
         self.current_meta_lr = state.get("meta_lr_current")
         self._last_optimizer_meta_lr = state.get("last_optimizer_meta_lr")
-        self.step_records = [StepRecord.from_dict(r) for r in state.get("step_records", [])]
+        self.step_history.restore(state, Path(folder), self.num_outer_steps)

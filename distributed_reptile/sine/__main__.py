@@ -1,4 +1,4 @@
-"""``python -m distributed_reptile.sine --out DIR``: train, evaluate on 100 unseen tasks, plot."""
+"""``python -m distributed_reptile.sine --output DIR``: train, evaluate on 100 unseen tasks, plot."""
 
 import sys
 

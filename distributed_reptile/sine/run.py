@@ -1,6 +1,6 @@
 """The sine-wave reproduction (Reptile paper, Figure 1) through the distributed trainer.
 
-``python -m distributed_reptile.sine --out DIR`` meta-trains a 1-64-64-1 ReLU MLP with
+``python -m distributed_reptile.sine --output DIR`` meta-trains a 1-64-64-1 ReLU MLP with
 :class:`~distributed_reptile.ReptileMetaRL` (the :class:`SupervisedRegressor` as ``rl_algorithm``,
 inner loops on Ray workers), then evaluates on 100 unseen tasks, through the same workers: MSE on
 a 50-point grid over ``[-5, 5]`` after 0 and after 32 Adam steps on each task's fixed 10-point
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch as th
 
 from distributed_reptile.jsonutil import dumps, write_json
 from distributed_reptile.sine.env import GRID_POINTS, SUPPORT_SIZE, make_sine_task
+from distributed_reptile.step_history import StepTotals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--out", required=True, help="output folder (sine.json, sine.png, checkpoint)"
+        "--output",
+        "--out",
+        dest="out",
+        required=True,
+        help="output folder (sine.json, sine.png, checkpoint)",
     )
     parser.add_argument("--outer-steps", type=int, default=8000, help="meta-updates")
     parser.add_argument("--task-batch-size", type=int, default=4, help="tasks per outer step")
@@ -92,27 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _timing_breakdown(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Where the time of the outer steps went (sums over the run, means per task)."""
-    task_timings = [t for r in records for t in r.get("task_timings", [])]
-
-    def task_mean(key: str) -> float | None:
-        values = [t[key] for t in task_timings if key in t]
-        return float(np.mean(values)) if values else None
-
+def _timing_breakdown(totals: StepTotals) -> dict[str, Any]:
+    """Where the time of the outer steps went (sums over the run, means per task), from the
+    trainer's running totals (``meta.step_totals``)."""
+    seconds = totals.seconds
     out: dict[str, Any] = {
-        "outer_steps": len(records),
-        "step_seconds": float(sum(r["step_seconds"] for r in records)),
-        "sample_seconds": float(sum(r["sample_seconds"] for r in records)),
-        "wait_seconds": float(sum(r["wait_seconds"] for r in records)),
-        "meta_update_seconds": float(sum(r["meta_update_seconds"] for r in records)),
-        "inner_learn_seconds": float(sum(r["inner_seconds"] for r in records)),
+        "outer_steps": totals.outer_steps,
+        "step_seconds": float(seconds["step_seconds"]),
+        "sample_seconds": float(seconds["sample_seconds"]),
+        "wait_seconds": float(seconds["wait_seconds"]),
+        "meta_update_seconds": float(seconds["meta_update_seconds"]),
+        "inner_learn_seconds": float(seconds["inner_seconds"]),
         "per_task_mean_seconds": {
-            k: task_mean(k)
+            k: totals.task_mean_seconds(k)
             for k in ("env_build", "model_ready", "learn", "weight_fetch", "total", "round_trip")
         },
     }
-    steps = max(len(records), 1)
+    steps = max(totals.outer_steps, 1)
     out["per_outer_step_ms"] = {
         k: 1e3 * out[k] / steps
         for k in ("step_seconds", "sample_seconds", "wait_seconds", "meta_update_seconds")
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         phases["meta_training"] = time.perf_counter() - t0
         meta_init = module_to_numpy(meta.meta_policy)
-        records = meta.step_records
+        totals, last_records = meta.step_totals, meta.step_records[-50:]
 
         t0 = time.perf_counter()
         specs = held_out_specs(make_sine_task, args.eval_tasks)
@@ -304,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mse_per_task": {k: v.tolist() for k, v in mse_tasks.items()},
         "wall_seconds": wall,
         "phases_seconds": phases,
-        "timing": _timing_breakdown(records),
-        "train_loss_last_steps": float(-np.mean([r["ep_return_mean"] for r in records[-50:]])),
+        "timing": _timing_breakdown(totals),
+        "train_loss_last_steps": float(-np.mean([r["ep_return_mean"] for r in last_records])),
         "outputs": {
             "json": str(out / "sine.json"),
             "figure": None if args.no_figure else str(out / "sine.png"),
