@@ -1,6 +1,6 @@
-"""Every benchmark with its default settings: ``python benchmarks/run_all.py [--out-dir DIR]``.
+"""Every benchmark with its default settings: ``python benchmarks/run_all.py [--output DIR]``.
 
-The same as ``distributed-reptile bench all [--out-dir DIR]``.
+The same as ``distributed-reptile bench all [--output DIR]``.
 """
 
 import sys

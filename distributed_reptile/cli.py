@@ -11,15 +11,34 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed_reptile.checkpoint import latest_checkpoint
+from distributed_reptile.cli_help import (
+    DEBUG_ENV,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    HelpFormatter,
+    add_debug_option,
+    add_output_option,
+    debug_enabled,
+    new_folder,
+    new_parser,
+    user_error,
+    user_errors,
+)
+from distributed_reptile.errors import RunInterruptedError
 from distributed_reptile.jsonutil import dumps, to_jsonable
+
+if TYPE_CHECKING:
+    from distributed_reptile.step_history import StepTotals
 
 #: Subcommands served by another module's ``cli_main(argv) -> int``.
 DISPATCHED: dict[str, tuple[str, str]] = {
@@ -27,9 +46,6 @@ DISPATCHED: dict[str, tuple[str, str]] = {
     "bench": ("distributed_reptile.bench", "throughput and scaling benchmarks"),
     "tune": ("distributed_reptile.tune", "hyperparameter search with Ray Tune"),
 }
-
-#: Exit status for bad input (a wrong config, an unavailable subcommand), as argparse uses.
-EXIT_USAGE = 2
 
 
 # ---------------------------------------------------------------------- demo
@@ -39,6 +55,11 @@ def _demo(args: argparse.Namespace) -> int:
     from distributed_reptile import ReptileMetaRL, TaskGenerator
     from distributed_reptile.tasks.families import make_cartpole_task
 
+    if args.output and Path(args.output).exists() and any(Path(args.output).iterdir()):
+        return user_error(
+            "demo",
+            f"--output {args.output}: the folder exists and is not empty; give a new folder.",
+        )
     t0 = time.perf_counter()
     with ReptileMetaRL(
         tasks_generator_cls=TaskGenerator,
@@ -56,7 +77,7 @@ def _demo(args: argparse.Namespace) -> int:
         verbose=1,
         tensorboard_logs=args.tensorboard_logs,
     ) as meta:
-        meta.learn(progress_bar=not args.no_progress_bar, save_path=args.save_path)
+        meta.learn(progress_bar=not args.no_progress_bar, save_path=args.output)
         first, last = meta.step_records[0], meta.step_records[-1]
         summary = {
             "outer_steps": meta.num_outer_steps,
@@ -80,37 +101,59 @@ def _merge_counts(dicts: Iterable[Mapping[str, int]]) -> dict[str, int]:
 
 # ---------------------------------------------------------------------- train
 def default_output_dir(name: str, now: datetime | None = None) -> Path:
-    """``runs/<name>_<YYYYmmdd_HHMMSS>``, relative to the working directory."""
-    stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
-    return Path("runs") / f"{name}_{stamp}"
+    """``runs/<name>_<YYYYmmdd_HHMMSS>`` relative to the working directory, with ``_2``, ``_3``...
+    appended when that folder exists already (two runs started in the same second)."""
+    return new_folder("runs", name, now)
 
 
 def write_step_records(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """One JSON object per line, one line per outer step."""
+    """One JSON object per line, one line per outer step (``train`` no longer calls this: the
+    trainer appends each step's line as it goes, see ``learn(step_records_path=...)``)."""
     with open(path, "w", encoding="utf-8") as fh:
         for record in records:
             fh.write(dumps(record) + "\n")
 
 
 def run_summary(
-    records: Sequence[Mapping[str, Any]],
+    totals: StepTotals | Sequence[Mapping[str, Any]],
     wall_seconds: float,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What ``summary.json`` holds, computed from the step records of the whole run.
+    """What ``summary.json`` holds, from the running totals of the whole run.
 
-    :param records: the trainer's ``step_records`` (a resumed run's include the earlier steps).
+    Outer steps, env steps, tasks and ``train_seconds`` (the outer steps' own seconds) count the
+    whole run, a resumed run's earlier steps included. ``tasks_per_node`` and ``num_nodes``
+    describe this command's session only (its cluster: a resumed run runs on a new Ray instance
+    whose node ids differ); ``sessions`` lists every session's steps and nodes, oldest first.
+
+    :param totals: the trainer's ``step_totals`` (or whole step records, taken as one session).
     :param wall_seconds: duration of this command.
     :param extra: more entries (paths, seed...).
     """
-    tasks_per_node = _merge_counts(r.get("tasks_per_node", {}) for r in records)
+    from distributed_reptile.step_history import StepTotals
+
+    if not isinstance(totals, StepTotals):
+        totals = StepTotals.of_records(totals)
+    current = totals.current
+    tasks_per_node = dict(current.tasks_per_node) if current is not None else {}
     summary: dict[str, Any] = {
-        "outer_steps": len(records),
-        "env_steps": int(sum(int(r.get("env_steps", 0)) for r in records)),
+        "outer_steps": totals.outer_steps,
+        "env_steps": totals.env_steps,
+        "tasks": totals.tasks,
         "wall_seconds": round(wall_seconds, 3),
+        "train_seconds": round(totals.seconds.get("step_seconds", 0.0), 3),
         "tasks_per_node": tasks_per_node,
         "num_nodes": len(tasks_per_node),
-        "final_mean_return": records[-1].get("ep_return_mean") if records else None,
+        "sessions": [
+            {
+                "first_outer_step": s.first_outer_step,
+                "outer_steps": s.outer_steps,
+                "num_nodes": s.num_nodes,
+                "tasks_per_node": _merge_counts([s.tasks_per_node]),
+            }
+            for s in totals.sessions
+        ],
+        "final_mean_return": totals.last_ep_return_mean if totals.outer_steps else None,
     }
     summary.update(extra or {})
     return to_jsonable(summary)  # type: ignore[no-any-return]
@@ -119,22 +162,11 @@ def run_summary(
 def _resume_problem(folder: Path, outer_steps: int) -> str | None:
     """What is wrong with resuming ``folder`` up to ``outer_steps`` (``None``: nothing), checked
     before a run folder is made or Ray starts."""
-    from distributed_reptile.checkpoint import (
-        CheckpointError,
-        latest_checkpoint,
-        read_trainer_state,
-    )
+    from distributed_reptile.checkpoint_paths import checked_state
 
-    if (folder / "checkpoints").is_dir():
-        last = latest_checkpoint(folder / "checkpoints", "meta_ckpt")
-        hint = f"its last checkpoint is {last}" if last else "it holds no complete checkpoint"
-        return f"this is a run folder, not a checkpoint: {hint}."
-    try:
-        state = read_trainer_state(folder)
-    except CheckpointError as err:
-        last = latest_checkpoint(folder.parent, folder.name.rsplit("_outer_", 1)[0])
-        intact = f" The last complete checkpoint beside it is {last}." if last else ""
-        return f"{err}{intact}"
+    problem, state = checked_state(folder)
+    if problem:
+        return problem
     done = int(state.get("num_outer_steps", 0))
     if done >= outer_steps:
         return (
@@ -145,32 +177,27 @@ def _resume_problem(folder: Path, outer_steps: int) -> str | None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from distributed_reptile.config import ConfigError, load_config
+    from distributed_reptile.config import load_config
 
     t0 = time.perf_counter()
-    try:
-        config = load_config(Path(args.config).expanduser(), args.overrides)
-    except ConfigError as err:
-        print(f"distributed-reptile train: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    config = load_config(Path(args.config).expanduser(), args.overrides)
     # '~' reaches us unexpanded from `ray job submit` (it quotes the entrypoint's arguments)
     resume = Path(args.resume).expanduser() if args.resume is not None else None
-    if resume is not None and not resume.is_dir():
-        print(
-            f"distributed-reptile train: --resume {args.resume}: no such checkpoint folder "
-            "(give a folder such as <run>/checkpoints/meta_ckpt_outer_10)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     if resume is not None:
         problem = _resume_problem(resume, config.outer_steps)
         if problem:
-            print(f"distributed-reptile train: --resume {args.resume}: {problem}", file=sys.stderr)
-            return EXIT_USAGE
-
-    out = Path(args.output).expanduser() if args.output else default_output_dir(config.name)
-    out.mkdir(parents=True, exist_ok=True)
-    out = out.resolve()
+            return user_error("train", f"--resume {args.resume}: {problem}")
+    if args.output:
+        out = Path(args.output).expanduser().absolute()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            return user_error(
+                "train",
+                f"--output {args.output}: {out} exists and is not an empty folder; a run never "
+                "writes over another. Give a new folder, or leave --output out "
+                "(runs/<name>_<time> is made for each run).",
+            )
+    else:
+        out = default_output_dir(config.name).absolute()
     kwargs = config.trainer_kwargs()
     kwargs["tensorboard_logs"] = config.tensorboard_logs or str(out / "tb")
     if args.ray_address is not None:
@@ -180,11 +207,7 @@ def _train(args: argparse.Namespace) -> int:
         from distributed_reptile.callbacks import StopOnWallClock
 
         if not args.time_budget > 0:
-            print(
-                "distributed-reptile train: --time-budget must be a positive number of seconds",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+            return user_error("train", "--time-budget must be a positive number of seconds")
         learn_kwargs["callback"] = [StopOnWallClock(args.time_budget, verbose=1)]
     save_path = learn_kwargs.get("save_path")
     learn_kwargs["save_path"] = (
@@ -194,35 +217,43 @@ def _train(args: argparse.Namespace) -> int:
     print(f"distributed-reptile train: run folder {out}", flush=True)
 
     from distributed_reptile.algorithms.base import BaseMetaAlgorithm
-    from distributed_reptile.execution.resources import InsufficientResourcesError
 
-    try:
-        if resume is not None:
-            # the class the checkpoint records; a config that names `algorithm` must agree with it
-            named = "algorithm" in config.model_fields_set
-            trainer = (trainer_cls if named else BaseMetaAlgorithm).load(resume, **kwargs)
-        else:
-            trainer = trainer_cls(**kwargs)
-    except InsufficientResourcesError as err:
-        print(f"distributed-reptile train: {err}", file=sys.stderr)
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # nothing ran: leave no empty run folder
-        return EXIT_USAGE
+    # Nothing is written before the trainer stands (Ray started, workers placed): a run that
+    # cannot start leaves no run folder behind.
+    if resume is not None:
+        # the class the checkpoint records; a config that names `algorithm` must agree with it
+        named = "algorithm" in config.model_fields_set
+        trainer = (trainer_cls if named else BaseMetaAlgorithm).load(resume, **kwargs)
+        done = trainer.num_outer_steps
+        print(
+            f"distributed-reptile train: resuming {resume} at outer step {done} of "
+            f"{trainer.outer_steps}: {trainer.outer_steps - done} outer steps to run",
+            flush=True,
+        )
+    else:
+        trainer = trainer_cls(**kwargs)
+    interrupted = False
     try:
         from distributed_reptile.imports import import_path_of
 
+        out.mkdir(parents=True, exist_ok=True)
         resolved = config.model_copy(
             update={"seed": trainer.seed, "algorithm": import_path_of(type(trainer))}
         )
         (out / "config.yaml").write_text(resolved.to_yaml(), encoding="utf-8")
         try:
-            trainer.learn(reset_num_timesteps=resume is None, **learn_kwargs)
+            trainer.learn(
+                reset_num_timesteps=resume is None,
+                step_records_path=out / "step_records.jsonl",  # a line as each step is made
+                **learn_kwargs,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             # written even when the run fails part-way: the steps done so far
-            write_step_records(out / "step_records.jsonl", trainer.step_records)
             last = latest_checkpoint(learn_kwargs["save_path"], learn_kwargs["save_prefix"])
             summary = run_summary(
-                trainer.step_records,
+                trainer.step_totals,
                 time.perf_counter() - t0,
                 {
                     "seed": trainer.seed,
@@ -236,8 +267,26 @@ def _train(args: argparse.Namespace) -> int:
             (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     finally:
         trainer.close()
+    if interrupted:
+        print(
+            f"distributed-reptile train: interrupted after {trainer.num_outer_steps} of "
+            f"{trainer.outer_steps} outer steps. " + _resume_hint(args, last),
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _resume_hint(args: argparse.Namespace, last: Path | None) -> str:
+    """How to go on from the last checkpoint, as a command line."""
+    if last is None:
+        return "No checkpoint was written (set learn.save_freq to write them)."
+    sets = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+    return (
+        f"Last checkpoint: {last}. Resume with: distributed-reptile train "
+        f"{shlex.quote(args.config)}{sets} --resume {shlex.quote(str(last))}"
+    )
 
 
 # ---------------------------------------------------------------------- dispatch
@@ -274,31 +323,50 @@ def run_module_cli(module_name: str, argv: Sequence[str], command: str | None = 
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distributed-reptile",
-        description="Reptile meta-learning for Stable-Baselines3 with inner loops on Ray. "
+    parser = new_parser(
+        "distributed-reptile",
+        "Reptile meta-learning for Stable-Baselines3 with inner loops on Ray. "
         "`train CONFIG.yaml` runs a meta-training run from a YAML config into one run folder "
         "(config.yaml, tb/, checkpoints/, step_records.jsonl, summary.json); see configs/ and "
         "docs/cluster.md.",
+        "distributed-reptile train configs/smoke.yaml",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a short meta-training run of PPO on the CartPole family")
-    demo.add_argument("--outer-steps", type=int, default=10)
-    demo.add_argument("--task-batch-size", type=int, default=4)
-    demo.add_argument("--inner-steps", type=int, default=1024)
-    demo.add_argument("--num-workers", type=int, default=2)
-    demo.add_argument("--backend", choices=["ray", "serial"], default="ray")
-    demo.add_argument("--seed", type=int, default=0)
+    add_debug_option(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="a short meta-training run of PPO on the CartPole family",
+        description="A short meta-training run: PPO on the CartPole family (random pole "
+        "lengths, pole masses and gravity), on a local Ray instance on 127.0.0.1 that it starts and stops.",
+        epilog="example:\n  distributed-reptile demo --outer-steps 5 --num-workers 2",
+        formatter_class=HelpFormatter,
+    )
+    demo.add_argument("--outer-steps", type=int, default=10, help="meta-updates")
+    demo.add_argument("--task-batch-size", type=int, default=4, help="tasks per outer step")
+    demo.add_argument("--inner-steps", type=int, default=1024, help="env steps of each inner loop")
+    demo.add_argument(
+        "--num-workers", type=int, default=2, help="Ray actors running the inner loops"
+    )
+    demo.add_argument(
+        "--backend",
+        choices=["ray", "serial"],
+        default="ray",
+        help="where the inner loops run: Ray actors, or this process",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="run seed")
     demo.add_argument(
         "--ray-address", default=None, help="join this Ray cluster instead of starting one"
     )
     demo.add_argument(
         "--tensorboard-logs", default=None, help="folder for TensorBoard logs (default: none)"
     )
-    demo.add_argument(
-        "--save-path", default=None, help="folder for the final checkpoint (default: none)"
+    add_output_option(
+        demo,
+        "folder for the demo's final checkpoint (default: nothing is saved)",
+        old_names=("--save-path",),
     )
-    demo.add_argument("--no-progress-bar", action="store_true")
+    demo.add_argument("--no-progress-bar", action="store_true", help="hide the progress bar")
+    add_debug_option(demo)
     demo.set_defaults(func=_demo)
 
     train = sub.add_parser(
@@ -306,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="meta-train from a YAML config",
         description="Meta-train from a YAML config. The run folder gets config.yaml (resolved), "
         "tb/ (TensorBoard), checkpoints/, step_records.jsonl and summary.json.",
+        epilog="examples:\n"
+        "  distributed-reptile train configs/smoke.yaml --set num_workers=auto\n"
+        "  distributed-reptile train configs/smoke.yaml --set outer_steps=6 \\\n"
+        "      --resume runs/smoke_20260101_120000/checkpoints/meta_ckpt_outer_3",
+        formatter_class=HelpFormatter,
     )
     train.add_argument("config", help="the run's YAML config (see configs/)")
     train.add_argument(
@@ -314,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, nested with dots (learn.save_freq=5); the value is read as YAML",
+        help="override a config key, nested with dots (learn.save_freq=5); the value is read as "
+        "YAML; repeat for several",
     )
     train.add_argument(
         "--resume",
@@ -322,11 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CKPT",
         help="continue from this checkpoint folder up to the config's outer_steps",
     )
-    train.add_argument(
-        "--output",
-        default=None,
-        metavar="DIR",
-        help="run folder (default: runs/<name>_<timestamp> in the working directory)",
+    add_output_option(
+        train,
+        "run folder, new or empty (default: runs/<name>_<timestamp> in the working directory)",
+        old_names=("--out", "--out-dir", "--save-path"),
     )
     train.add_argument(
         "--ray-address",
@@ -342,25 +415,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop cleanly after the first outer step that ends this long after training started "
         "(the final checkpoint is still written); same as the config key learn.time_budget_s",
     )
+    add_debug_option(train)
     train.set_defaults(func=_train)
 
     for command, (module_name, text) in DISPATCHED.items():
-        p = sub.add_parser(command, help=f"{text} ({module_name})", add_help=False)
+        p = sub.add_parser(
+            command,
+            help=f"{text} (`distributed-reptile {command} --help`)",
+            add_help=False,
+        )
         p.add_argument("argv", nargs=argparse.REMAINDER, help=f"arguments of {module_name}")
         p.set_defaults(func=None, module=module_name)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``distributed-reptile`` command: a user's mistake is one line and exit 2, Ctrl-C one
+    line and exit 130; tracebacks are for bugs (``--debug`` shows them for the rest too)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    # argparse's REMAINDER refuses a leading option (``evaluate --help``): route these first.
-    if args_list and args_list[0] in DISPATCHED:
-        command = args_list[0]
-        return run_module_cli(DISPATCHED[command][0], args_list[1:], command)
-    args = build_parser().parse_args(args_list)
-    if args.func is None:
-        return run_module_cli(args.module, args.argv, args.command)
-    return int(args.func(args))
+    if "--debug" in args_list[:1]:
+        os.environ[DEBUG_ENV] = "1"
+        args_list = args_list[1:]
+    command = args_list[0] if args_list else "distributed-reptile"
+    try:
+        # argparse's REMAINDER refuses a leading option (``evaluate --help``): route these first.
+        if command in DISPATCHED:
+            return run_module_cli(DISPATCHED[command][0], args_list[1:], command)
+        args = build_parser().parse_args(args_list)
+        if getattr(args, "debug", False):
+            os.environ[DEBUG_ENV] = "1"
+        if args.func is None:
+            return run_module_cli(args.module, args.argv, args.command)
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print(f"distributed-reptile {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except user_errors() as err:
+        if debug_enabled():
+            raise
+        return user_error(command, err)
+    except RunInterruptedError as err:
+        # a process the run needs was lost: what, when, and how to resume, in one message
+        if debug_enabled():
+            raise
+        print(f"distributed-reptile {command}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,14 +9,58 @@ from __future__ import annotations
 import os
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed_reptile.callbacks import (
     CallbackList,
     CheckpointCallback,
     MaybeCallback,
+    MetaCallback,
     to_callback,
 )
+from distributed_reptile.checkpoint_paths import check_fresh_save_path
+
+if TYPE_CHECKING:
+    from distributed_reptile.records import StepRecord
+
+
+class StepRecordsFile(MetaCallback):
+    """Readies the trainer's step-records file when ``learn`` starts and appends each outer
+    step's line once the callbacks before it (the user's, the evaluation) have added their keys,
+    and before the checkpoint callback saves.
+
+    :param path: the file (``None``: no file).
+    :param keep_records: step records to keep in memory (``None``: as before).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, keep_records: int | None) -> None:
+        super().__init__()
+        self.path, self.keep_records = path, keep_records
+
+    def _on_training_start(self) -> None:
+        assert self.trainer is not None
+        history = self.trainer.step_history
+        history.start(self.path, self.trainer.num_outer_steps, self.keep_records)
+
+    def _on_outer_step_end(self, record: StepRecord) -> bool:
+        assert self.trainer is not None
+        self.trainer.step_history.flush()
+        return True
+
+
+def step_records_file(
+    step_records_path: str | os.PathLike[str] | None,
+    save_path: str | None,
+    save_prefix: str = "meta_ckpt",
+) -> str | os.PathLike[str] | None:
+    """The step-records file a ``learn`` call names: ``step_records_path``, else
+    ``{save_path}/{save_prefix}_step_records.jsonl``, else none (then a run that continues keeps
+    the file it had, see :meth:`~distributed_reptile.step_history.StepHistory.start`)."""
+    if step_records_path is not None:
+        return step_records_path
+    if save_path is not None:
+        return os.path.join(save_path, f"{save_prefix}_step_records.jsonl")
+    return None
 
 
 def learn_callbacks(
@@ -28,10 +72,15 @@ def learn_callbacks(
     keep_last: int | None = None,
     eval_freq: int = 0,
     eval_kwargs: dict[str, Any] | None = None,
+    step_records_path: str | os.PathLike[str] | None = None,
+    keep_records: int | None = None,
+    fresh: bool = False,
 ) -> tuple[CallbackList, CheckpointCallback | None]:
     """The callbacks of a ``learn`` call: the user's, then the evaluation every ``eval_freq``
-    outer steps, then a checkpoint every ``save_freq`` outer steps (returned on its own too, so
-    the trainer knows which step it saved last). Checks the options before anything runs."""
+    outer steps, then the step-records file's line (:class:`StepRecordsFile`), then a checkpoint
+    every ``save_freq`` outer steps (returned on its own too, so the trainer knows which step it
+    saved last). Checks the options before anything runs, and that a ``fresh`` run (not a
+    continued one) does not write its checkpoints among an earlier run's."""
     if save_freq < 0:
         raise ValueError(f"save_freq must be >= 0, got {save_freq}.")
     if save_freq > 0 and save_path is None:
@@ -42,11 +91,19 @@ def learn_callbacks(
         raise ValueError(f"keep_last must be a positive integer, got {keep_last!r}.")
     if eval_freq < 0:
         raise ValueError(f"eval_freq must be >= 0, got {eval_freq}.")
+    if keep_records is not None and (
+        isinstance(keep_records, bool) or not isinstance(keep_records, int) or keep_records <= 0
+    ):
+        raise ValueError(f"keep_records must be a positive integer, got {keep_records!r}.")
+    if fresh:
+        check_fresh_save_path(save_path, save_prefix)
     callbacks = to_callback(callback)
     if eval_freq > 0:
         from distributed_reptile.evaluation.callback import MetaEvalCallback
 
         callbacks.callbacks.append(MetaEvalCallback(eval_freq, **(eval_kwargs or {})))
+    path = step_records_file(step_records_path, save_path, save_prefix)
+    callbacks.callbacks.append(StepRecordsFile(path, keep_records))
     checkpointer = None
     if save_freq > 0:
         assert save_path is not None

@@ -190,7 +190,11 @@ def _did_not_answer(
     try:
         from ray._private import ray_constants
 
-        if ray_constants.ENABLE_RAY_CLUSTER and _is_loopback(address):
+        if (
+            ray_constants.ENABLE_RAY_CLUSTER
+            and _is_loopback(address)
+            and _loopback_answers(address)
+        ):
             hint = (
                 f" Ray rewrote the loopback address to this machine's address; for a cluster that "
                 f"listens on 127.0.0.1 only, set {_LOOPBACK_ENV}=0 in the environment."
@@ -205,6 +209,17 @@ def _did_not_answer(
         "local Ray instance. A cluster that is slow to come up needs a larger connect_timeout_s."
         f"{hint}"
     )
+
+
+def _loopback_answers(address: str) -> bool:
+    """Whether something listens at the loopback ``address`` as given (before Ray's rewrite): only
+    then is the rewrite, not the address, the likely cause."""
+    host, _, port = address.removeprefix(_CLIENT_SCHEME).rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _is_loopback(address: str) -> bool:

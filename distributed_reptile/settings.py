@@ -47,6 +47,18 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_num_workers(value: Any) -> int | str:
+    """``num_workers`` as an int >= 1 or ``"auto"`` (as many as the Ray cluster holds)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(
+            f"num_workers must be a positive integer or 'auto' (one per CPU the cluster has), "
+            f"got {value!r}."
+        )
+    return int(value)
+
+
 def check_task_retries(task_retries: Any) -> int:
     """``task_retries`` as an int >= 0, or a ValueError that names the fix."""
     if isinstance(task_retries, bool) or not isinstance(task_retries, int) or task_retries < 0:
@@ -151,6 +163,7 @@ def _named(check: Callable[[Any, str], Any]) -> Callable[[Any, ValidationInfo], 
 
 
 PositiveInt = Annotated[int, BeforeValidator(_named(check_positive_int))]
+NumWorkers = Annotated[int | Literal["auto"], BeforeValidator(check_num_workers)]
 TaskRetries = Annotated[int, BeforeValidator(check_task_retries)]
 TasksPerCall = Annotated[int | Literal["auto"], BeforeValidator(check_tasks_per_call)]
 TaskTimeout = Annotated[float | None, BeforeValidator(check_task_timeout)]
@@ -180,7 +193,7 @@ class TrainerFields(BaseModel):
     ignore_optimizer_params: bool = False
     verbose: int = Field(0, ge=0, le=2)
     tensorboard_logs: OptionalPath = None
-    num_workers: PositiveInt = 1
+    num_workers: NumWorkers = 1
     backend: Backend = "ray"
     seed: Seed = None
     ray_address: str | None = None
@@ -193,6 +206,7 @@ class TrainerFields(BaseModel):
     task_timeout_s: TaskTimeout = None
     tasks_per_call: TasksPerCall = 1
     connect_timeout_s: float | None = Field(30.0, gt=0)
+    worker_start_timeout_s: float | None = Field(600.0, gt=0)
     ray_init_kwargs: Kwargs = Field(default_factory=dict)
 
     def execution(self) -> ExecutionSettings:
@@ -225,7 +239,8 @@ class TrainerSettings(TrainerFields):
     :param verbose: 0 silent, 1 start-up summary and per-step lines.
     :param device: device of the meta model (task models use ``rl_algo_kwargs['device']`` or "auto").
     :param tensorboard_logs: folder of outer-loop TensorBoard logs (``None``: none are written).
-    :param num_workers: Ray actors running inner loops (``backend="ray"``).
+    :param num_workers: Ray actors running inner loops (``backend="ray"``); ``"auto"``: as many
+        as the Ray cluster's CPUs hold at start (``worker_resources`` each).
     :param backend: execution backend (:mod:`distributed_reptile.execution`): ``"ray"`` (actors;
         Ray is started on 127.0.0.1 when no cluster is given) or ``"serial"`` (same inner-loop
         code, in this process).
@@ -246,6 +261,9 @@ class TrainerSettings(TrainerFields):
         the load best; more (or ``"auto"``: the batch split evenly over the workers) saves Ray's
         per-call cost when inner loops take only milliseconds. The meta weights do not depend on it.
     :param connect_timeout_s: time allowed to reach ``ray_address`` before failing (``None``: Ray's own).
+    :param worker_start_timeout_s: how long the workers may stay pending (no node can place them
+        yet, e.g. a cluster still scaling up) before the run fails with what is missing; a line
+        says what is pending every 15 s meanwhile (``None``: wait as long as it takes).
     :param ray_init_kwargs: extra keyword arguments of ``ray.init``.
     :param inner_learner_cls: class running each inner loop (subclass :class:`InnerLearner` to
         change how a task is adapted).
@@ -273,7 +291,7 @@ class TrainerSettings(TrainerFields):
 class ExecutionSettings:
     """What an execution backend needs to know (the Ray ones are ignored by the serial backend)."""
 
-    num_workers: int = 1
+    num_workers: int | str = 1
     ray_address: str | None = None
     worker_resources: dict[str, Any] = field(default_factory=dict)
     max_worker_restarts: int = 3
@@ -282,6 +300,7 @@ class ExecutionSettings:
     task_timeout_s: float | None = None
     tasks_per_call: int | str = 1
     connect_timeout_s: float | None = 30.0
+    worker_start_timeout_s: float | None = 600.0
     ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -311,6 +330,7 @@ __all__ = [
     "ExecutionSettings",
     "TrainerFields",
     "TrainerSettings",
+    "check_num_workers",
     "check_positive_int",
     "check_task_retries",
     "check_task_timeout",

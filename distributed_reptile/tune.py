@@ -12,6 +12,7 @@ Search spaces use dotted keys into the trainer's arguments, e.g.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 import math
@@ -307,7 +308,7 @@ def results_table(results: Any, metric: str, mode: str, search_keys: list[str]) 
                 _fmt(result.metrics.get(metric)),
                 _fmt(best),
                 str(result.metrics.get("outer_step", "")),
-                "ERROR" if result.error else "OK",
+                "ERROR" if result.error else ("OK" if len(values) else "NO RESULT"),
             ]
         )
     header = ["trial", *search_keys, f"last {metric}", f"best {metric}", "outer steps", "status"]
@@ -315,6 +316,12 @@ def results_table(results: Any, metric: str, mode: str, search_keys: list[str]) 
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
+
+
+def _reported(result: Any, metric: str) -> bool:
+    """Whether a trial reported ``metric`` at least once."""
+    history = result.metrics_dataframe
+    return history is not None and metric in history and bool(history[metric].notna().any())
 
 
 def _fmt(value: Any) -> str:
@@ -331,35 +338,54 @@ def best_checkpoint(results: Any, metric: str, mode: str) -> Path:
     return Path(best.checkpoint.path) / "trainer"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``distributed-reptile tune`` command line."""
+    from distributed_reptile.cli_help import add_debug_option, add_output_option, new_parser
+
+    parser = new_parser(
+        "distributed-reptile tune",
+        "Sweep a config's search_space with Ray Tune (ASHA on the tune.metric step-record key). "
+        "Writes Tune's results, results.txt and best.json into --output.",
+        'distributed-reptile tune configs/smoke.yaml --set num_workers=1 --set "search_space.meta_lr=loguniform(0.05, 1.0)" --num-samples 2',
+    )
+    parser.add_argument(
+        "config", help="YAML config with a search_space (and optionally a tune section)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, nested with dots (search_space.meta_lr=loguniform(0.05, 1.0)); "
+        "the value is read as YAML; repeat for several",
+    )
+    add_output_option(
+        parser,
+        "results folder, new or empty (default: runs/tune_<name>_<timestamp>)",
+        old_names=("--out", "--out-dir"),
+    )
+    parser.add_argument(
+        "--num-samples", type=int, default=None, help="trials to sample (default: tune.num_samples)"
+    )
+    add_debug_option(parser)
+    return parser
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     """``distributed-reptile tune CONFIG.yaml``: an ASHA sweep over the config's ``search_space``.
 
     Writes Tune's results and checkpoints to the output folder, prints the results table, and
     saves it with the best trial's checkpoint path in ``best.json``.
     """
-    import argparse
     import json
     import sys
     import time
-    from datetime import datetime
 
+    from distributed_reptile.cli_help import new_folder, user_error
     from distributed_reptile.config import ConfigError, load_config
 
-    parser = argparse.ArgumentParser(
-        prog="distributed-reptile tune",
-        description="Sweep a config's search_space with Ray Tune (ASHA on the tune.metric step-record key).",
-    )
-    parser.add_argument(
-        "config", help="YAML config with a search_space (and optionally a tune section)"
-    )
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--output", default=None, help="results folder (default: runs/tune_<name>_<timestamp>)"
-    )
-    parser.add_argument(
-        "--num-samples", type=int, default=None, help="trials to sample (default: tune.num_samples)"
-    )
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         config = load_config(Path(args.config).expanduser(), args.overrides)
     except ConfigError as err:
@@ -372,8 +398,21 @@ def cli_main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    out = Path(args.output or f"runs/tune_{config.name}_{stamp}").expanduser().resolve()
+    if config.num_workers == "auto":
+        return user_error(
+            "tune",
+            "num_workers: auto is for a single run; a sweep needs a number per trial "
+            "(--set num_workers=1 runs trials side by side).",
+        )
+    if args.output:
+        out = Path(args.output).expanduser().absolute()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            return user_error(
+                "tune",
+                f"--output {args.output}: {out} exists and is not an empty folder; give a new one.",
+            )
+    else:
+        out = new_folder("runs", f"tune_{config.name}").absolute()
     out.mkdir(parents=True, exist_ok=True)
     learn = config.learn_kwargs()
     for key in ("save_freq", "save_path", "save_final", "keep_last", "progress_bar"):
@@ -407,6 +446,14 @@ def cli_main(argv: list[str] | None = None) -> int:
     print(table)
     (out / "results.txt").write_text(table + "\n", encoding="utf-8")
     best: dict[str, Any] = {"wall_seconds": round(wall, 1), "errors": len(results.errors)}
+    if not any(_reported(r, opts.metric) for r in results):
+        (out / "best.json").write_text(json.dumps(best, indent=2), encoding="utf-8")
+        print(
+            f"distributed-reptile tune: no trial reported {opts.metric} (interrupted, or every "
+            f"trial failed before its first outer step); nothing to choose from. Results in {out}.",
+            file=sys.stderr,
+        )
+        return 1
     if len(results.errors) < len(results):
         best["checkpoint"] = str(best_checkpoint(results, opts.metric, opts.mode))
         best["config"] = results.get_best_result(

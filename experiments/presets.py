@@ -56,7 +56,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # and a ten times larger step, log_std out of the meta update, annealed meta step.
     "pointnav_adam3e-3_nostd": {
         "family": "pointnav",
-        "rl_algo_kwargs": _ppo(500, 100, 5, 3e-3, policy_kwargs={"optimizer_kwargs": {"betas": (0.0, 0.999)}}),
+        "rl_algo_kwargs": _ppo(
+            500, 100, 5, 3e-3, policy_kwargs={"optimizer_kwargs": {"betas": (0.0, 0.999)}}
+        ),
         "inner_rollouts": 2,
         "task_batch_size": 8,
         "meta_lr": linear_schedule(1.0, 0.1),
@@ -67,7 +69,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pointnav_sgd_nostd": {
         "family": "pointnav",
         "rl_algo_kwargs": _ppo(
-            1000, 1000, 1, 0.1, max_grad_norm=10.0, vf_coef=0.05,
+            1000,
+            1000,
+            1,
+            0.1,
+            max_grad_norm=10.0,
+            vf_coef=0.05,
             policy_kwargs={"optimizer_class": th.optim.SGD, "optimizer_kwargs": {}},
         ),
         "inner_rollouts": 2,
@@ -80,7 +87,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pointnav_sgd4_ls-1": {
         "family": "pointnav",
         "rl_algo_kwargs": _ppo(
-            1000, 1000, 1, 0.03, max_grad_norm=10.0, vf_coef=0.05,
+            1000,
+            1000,
+            1,
+            0.03,
+            max_grad_norm=10.0,
+            vf_coef=0.05,
             policy_kwargs={"optimizer_class": th.optim.SGD, "log_std_init": -1.0},
         ),
         "inner_rollouts": 4,
@@ -93,7 +105,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pointnav_sgd8_lr0.1_ls-1": {
         "family": "pointnav",
         "rl_algo_kwargs": _ppo(
-            1000, 1000, 1, 0.1, max_grad_norm=10.0, vf_coef=0.05,
+            1000,
+            1000,
+            1,
+            0.1,
+            max_grad_norm=10.0,
+            vf_coef=0.05,
             policy_kwargs={"optimizer_class": th.optim.SGD, "log_std_init": -1.0},
         ),
         "inner_rollouts": 8,
@@ -104,7 +121,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pointnav_sgd4_lr0.1_ls-1": {
         "family": "pointnav",
         "rl_algo_kwargs": _ppo(
-            1000, 1000, 1, 0.1, max_grad_norm=10.0, vf_coef=0.05,
+            1000,
+            1000,
+            1,
+            0.1,
+            max_grad_norm=10.0,
+            vf_coef=0.05,
             policy_kwargs={"optimizer_class": th.optim.SGD, "log_std_init": -1.0},
         ),
         "inner_rollouts": 4,
@@ -116,7 +138,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pointnav_adam1e-3_ls-2": {
         "family": "pointnav",
         "rl_algo_kwargs": _ppo(
-            500, 100, 5, 1e-3, policy_kwargs={"log_std_init": -2.0, "optimizer_kwargs": {"betas": (0.0, 0.999)}}
+            500,
+            100,
+            5,
+            1e-3,
+            policy_kwargs={"log_std_init": -2.0, "optimizer_kwargs": {"betas": (0.0, 0.999)}},
         ),
         "inner_rollouts": 4,
         "task_batch_size": 8,
@@ -136,7 +162,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 #: Multi-task baseline: plain PPO with SB3's usual optimizer (Adam 3e-4), the preset's architecture.
-MULTITASK_PPO: dict[str, Any] = {"n_steps": 512, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4}
+MULTITASK_PPO: dict[str, Any] = {
+    "n_steps": 512,
+    "batch_size": 64,
+    "n_epochs": 10,
+    "learning_rate": 3e-4,
+}
 
 
 def get_preset(name: str) -> dict[str, Any]:

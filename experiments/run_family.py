@@ -7,12 +7,12 @@ tasks that start with the meta-training and share the machine with it, so no cor
 the evaluation of the meta-inits, the random inits (the weights each meta-training run started
 from) and the multi-task baselines on the same held-out tasks, budgets and seeds, through the same
 kind of Ray workers. Writes ``evaluation.{json,png,md}`` and
-``summary.json`` (settings, env steps, wall time of each phase) in ``--out``.
+``summary.json`` (settings, env steps, wall time of each phase) in ``--output``.
 
 Example (2D navigation, 3 seeds)::
 
     python experiments/run_family.py --preset pointnav_sgd_nostd --seeds 0 1 2 \
-        --outer-steps 30 --out experiments/out/pointnav
+        --outer-steps 30 --output experiments/out/pointnav
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from presets import PRESETS, get_preset, multitask_kwargs  # noqa: E402
 
 
-def _train_multitask_remote(family: str, algo_kwargs: dict[str, Any], steps: int, seed: int, out: str) -> dict[str, Any]:
+def _train_multitask_remote(
+    family: str, algo_kwargs: dict[str, Any], steps: int, seed: int, out: str
+) -> dict[str, Any]:
     import torch as th
     from stable_baselines3 import PPO
 
@@ -41,23 +43,36 @@ def _train_multitask_remote(family: str, algo_kwargs: dict[str, Any], steps: int
     t0 = time.perf_counter()
     model = train_multitask(family, PPO, algo_kwargs, steps, seed=seed)
     model.save(out)
-    return {"weights": module_to_numpy(model.policy), "seconds": time.perf_counter() - t0,
-            "env_steps": int(model.num_timesteps), "path": out}
+    return {
+        "weights": module_to_numpy(model.policy),
+        "seconds": time.perf_counter() - t0,
+        "env_steps": int(model.num_timesteps),
+        "path": out,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--outer-steps", type=int, required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--checkpoints", default=None,
-                        help="folder of the meta-training checkpoints (default: runs/experiments/<out name>)")
+    parser.add_argument("--output", "--out", dest="out", required=True, help="output folder")
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="folder of the meta-training checkpoints (default: runs/experiments/<out name>)",
+    )
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--backend", choices=["ray", "serial"], default="ray")
     parser.add_argument("--tasks", type=int, default=20, help="held-out tasks")
-    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per task and budget")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[0, 1, 2, 4], help="in inner rollouts")
+    parser.add_argument(
+        "--episodes", type=int, default=10, help="evaluation episodes per task and budget"
+    )
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", default=[0, 1, 2, 4], help="in inner rollouts"
+    )
     parser.add_argument("--no-multitask", action="store_true", help="skip the multi-task baseline")
     parser.add_argument("--eval-seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -89,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     planned_steps = args.outer_steps * preset["task_batch_size"] * inner_steps
     mt_kwargs = multitask_kwargs(preset)
     mt_jobs = [
-        (family, mt_kwargs, planned_steps, seed, str((ckpt_root / f"multitask_seed{seed}.zip").resolve()))
+        (
+            family,
+            mt_kwargs,
+            planned_steps,
+            seed,
+            str((ckpt_root / f"multitask_seed{seed}.zip").resolve()),
+        )
         for seed in args.seeds
     ]
     mt_refs: list[Any] = []
@@ -101,8 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             ckpt_root.mkdir(parents=True, exist_ok=True)
             remote = ray.remote(num_cpus=1)(_train_multitask_remote)
             mt_refs = [remote.remote(*job) for job in mt_jobs]
-    summary: dict[str, Any] = {"preset": args.preset, "family": family, "seeds": args.seeds,
-                               "outer_steps": args.outer_steps, "phases": {}, "runs": []}
+    summary: dict[str, Any] = {
+        "preset": args.preset,
+        "family": family,
+        "seeds": args.seeds,
+        "outer_steps": args.outer_steps,
+        "phases": {},
+        "runs": [],
+    }
     meta_weights, random_weights = [], []
     t_phase = time.perf_counter()
     for seed in args.seeds:
@@ -132,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                 "env_steps": int(sum(r["env_steps"] for r in records)),
                 "seconds": time.perf_counter() - t0,
                 "adaptation_return_first": records[0]["ep_return_mean"],
-                "adaptation_return_last": float(np.mean([r["ep_return_mean"] for r in records[-3:]])),
+                "adaptation_return_last": float(
+                    np.mean([r["ep_return_mean"] for r in records[-3:]])
+                ),
                 "wait_seconds": float(sum(r["wait_seconds"] for r in records)),
                 "meta_update_seconds": float(sum(r["meta_update_seconds"] for r in records)),
             }
@@ -158,19 +187,34 @@ def main(argv: list[str] | None = None) -> int:
         summary["phases"]["multitask_training_after_meta"] = time.perf_counter() - t_phase
 
     t_phase = time.perf_counter()
-    runner = build_eval_runner(PPO, preset["rl_algo_kwargs"], backend=args.backend, num_workers=args.num_workers)
+    runner = build_eval_runner(
+        PPO, preset["rl_algo_kwargs"], backend=args.backend, num_workers=args.num_workers
+    )
     try:
         env, _ = make_task(random_seed=0)
-        budgets = resolve_budgets(PPO(env=env, device="cpu", **preset["rl_algo_kwargs"]), rollouts=args.budgets)
+        budgets = resolve_budgets(
+            PPO(env=env, device="cpu", **preset["rl_algo_kwargs"]), rollouts=args.budgets
+        )
         specs = held_out_specs(family, args.tasks)
         report = evaluate_inits(
-            runner, inits, specs, budgets, episodes=args.episodes, seed=args.eval_seed,
-            metadata={"preset": args.preset, "preset_settings": repr(preset), "runs": summary["runs"]},
+            runner,
+            inits,
+            specs,
+            budgets,
+            episodes=args.episodes,
+            seed=args.eval_seed,
+            metadata={
+                "preset": args.preset,
+                "preset_settings": repr(preset),
+                "runs": summary["runs"],
+            },
         )
     finally:
         runner.close()
     summary["phases"]["evaluation"] = time.perf_counter() - t_phase
-    paths = save_report(report, out, "evaluation", title=f"{family}: {args.preset}, seeds {args.seeds}")
+    paths = save_report(
+        report, out, "evaluation", title=f"{family}: {args.preset}, seeds {args.seeds}"
+    )
     summary["total_seconds"] = time.perf_counter() - t_start
     summary["outputs"] = {k: str(v) for k, v in paths.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -12,7 +12,7 @@ with three runners and prints the median outer-step time and its parts:
 
 Variants are interleaved and repeated, because the machine is shared. Usage::
 
-    python experiments/sine_overhead.py --outer-steps 300 --repeats 2 --out experiments/out/sine_overhead.json
+    python experiments/sine_overhead.py --outer-steps 300 --repeats 2 --output experiments/out/sine_overhead.json
 """
 
 from __future__ import annotations
@@ -31,22 +31,31 @@ from distributed_reptile import ReptileMetaRL, TaskGenerator
 from distributed_reptile.sine import SupervisedRegressor, make_sine_task
 
 
-def run_variant(variant: str, outer_steps: int, seed: int, task_batch_size: int = 5) -> dict[str, Any]:
+def run_variant(
+    variant: str, outer_steps: int, seed: int, task_batch_size: int = 5
+) -> dict[str, Any]:
     backend = "serial" if variant == "serial" else "ray"
     with ReptileMetaRL(
         tasks_generator_cls=TaskGenerator,
         tasks_generator_params={"task_callable": make_sine_task, "history": False},
         rl_algorithm=SupervisedRegressor,
         rl_algo_kwargs={"policy": "MlpRegressor", "device": "cpu"},
-        inner_steps=320, outer_steps=outer_steps, task_batch_size=task_batch_size, meta_lr=0.1,
-        num_workers=2, backend=backend, seed=seed,
+        inner_steps=320,
+        outer_steps=outer_steps,
+        task_batch_size=task_batch_size,
+        meta_lr=0.1,
+        num_workers=2,
+        backend=backend,
+        seed=seed,
         tasks_per_call="auto" if variant == "ray_auto" else 1,
     ) as meta:
         t0 = time.perf_counter()
         meta.learn()
         wall = time.perf_counter() - t0
         records = meta.step_records[5:]  # leave out the warm-up steps
-        weights_norm = float(sum(float((p.detach() ** 2).sum()) for p in meta.meta_policy.parameters()))
+        weights_norm = float(
+            sum(float((p.detach() ** 2).sum()) for p in meta.meta_policy.parameters())
+        )
     tasks = [t for r in records for t in r["task_timings"]]
 
     def med(values: list[float]) -> float:
@@ -70,12 +79,16 @@ def run_variant(variant: str, outer_steps: int, seed: int, task_batch_size: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--outer-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--task-batch-size", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=["serial", "ray", "ray_auto"])
-    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--output", "--out", dest="out", default=None, help="JSON file of the figures"
+    )
     args = parser.parse_args(argv)
     from distributed_reptile.ray_utils import ensure_ray
 
@@ -83,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for rep in range(args.repeats):
         for variant in args.variants:
-            res = run_variant(variant, args.outer_steps, seed=0, task_batch_size=args.task_batch_size)
+            res = run_variant(
+                variant, args.outer_steps, seed=0, task_batch_size=args.task_batch_size
+            )
             res["task_batch_size"] = args.task_batch_size
             res["repeat"] = rep
             results.append(res)

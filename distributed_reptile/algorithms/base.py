@@ -16,21 +16,25 @@ import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.utils import get_device
 
-from distributed_reptile.algorithms.results import CheckedResults, NonFiniteWeightsError
+from distributed_reptile.algorithms.results import (
+    NonFiniteWeightsError,
+    step_jobs,
+    step_results,
+)
 from distributed_reptile.algorithms.surface import SB3Surface
 from distributed_reptile.budget import UpdateBudget, startup_summary
 from distributed_reptile.callbacks import MaybeCallback
 from distributed_reptile.checkpoint import library_versions
-from distributed_reptile.execution import backend_names, open_backend
+from distributed_reptile.execution import backend_names, open_backend, raise_if_interrupted
 from distributed_reptile.execution.base import Backend
 from distributed_reptile.execution.registry import DEFAULT_BACKEND
-from distributed_reptile.inner.learner import AdaptedResult, InnerLearner, TaskJob
+from distributed_reptile.inner.learner import AdaptedResult, InnerLearner
 from distributed_reptile.learn_options import learn_callbacks, log_folders
 from distributed_reptile.records import StepLogger, StepRecord
 from distributed_reptile.runners.base import Runner
@@ -40,7 +44,6 @@ from distributed_reptile.seeding import (
     derive_seed,
     fresh_run_seed,
     generator_seed_from_run_seed,
-    task_seed,
 )
 from distributed_reptile.settings import (
     SB3_METHODS,
@@ -49,7 +52,6 @@ from distributed_reptile.settings import (
     validate_trainer_settings,
 )
 from distributed_reptile.tasks.generator import TaskGenerator
-from distributed_reptile.weights import module_to_numpy
 
 SelfMeta = TypeVar("SelfMeta", bound="BaseMetaAlgorithm")
 
@@ -71,6 +73,8 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
     :class:`~distributed_reptile.settings.TrainerSettings`.
     """
 
+    combine: ClassVar[Literal["all", "sum"]] = "all"  #: "sum": see first_order.py, results.py
+
     def __init__(
         self,
         tasks_generator_cls: type,
@@ -90,7 +94,7 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         verbose: int = 0,
         device: th.device | str = "auto",
         tensorboard_logs: str | None = None,
-        num_workers: int = 1,
+        num_workers: int | Literal["auto"] = 1,
         backend: str = DEFAULT_BACKEND,
         seed: int | None = None,
         ray_address: str | None = None,
@@ -103,6 +107,7 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         task_timeout_s: float | None = None,
         tasks_per_call: int | Literal["auto"] = 1,
         connect_timeout_s: float | None = 30.0,
+        worker_start_timeout_s: float | None = 600.0,
         ray_init_kwargs: dict[str, Any] | None = None,
         inner_learner_cls: type[InnerLearner] = InnerLearner,
     ) -> None:
@@ -140,7 +145,6 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         self.inner_learner_cls = inner_learner_cls
 
         self.num_outer_steps = 0  # outer steps completed (the schedule position)
-        self.step_records: list[StepRecord] = []
         #: Norm of the last meta-update (set by :meth:`meta_update`).
         self.last_update_norm = float("nan")
         self._runner: Runner | None = None
@@ -273,10 +277,10 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
     def meta_update(self, results: Iterable[AdaptedResult], outer_step: int) -> None:
         """Fold the adapted results (yielded in task order) into the meta policy.
 
-        ``results`` is an iterator: consume it once, in order. Each result's ``weights`` maps the
-        policy's parameter names to numpy arrays. Nothing may be written to the meta policy before
-        the last result was read (a failing task must leave the meta weights untouched). Set
-        :attr:`last_update_norm` to the norm of the change.
+        ``results`` is an iterator: consume it once, in order. With ``combine = "all"`` each
+        result's ``weights`` maps parameter names to numpy arrays; with ``"sum"`` results carry
+        statistics and the workers' exact sums (``FirstOrderMetaAlgorithm.summed``). Nothing may be
+        written to the meta policy before the last result was read. Set :attr:`last_update_norm`.
         """
 
     # ------------------------------------------------------------------ learning
@@ -298,6 +302,8 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         callback: MaybeCallback = None,
         eval_freq: int = 0,
         eval_kwargs: dict[str, Any] | None = None,
+        step_records_path: str | os.PathLike[str] | None = None,
+        keep_records: int | None = None,
     ) -> SelfMeta:
         """Meta-train: ``outer_steps`` meta-updates of ``task_batch_size`` inner loops each.
 
@@ -322,6 +328,9 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         :param eval_freq: meta-test evaluation on held-out tasks every ``eval_freq`` outer steps
             (0: never), through :class:`~distributed_reptile.evaluation.MetaEvalCallback`.
         :param eval_kwargs: that callback's arguments (family, n_tasks, budgets, episodes...).
+        :param step_records_path: the step records' append-only file, a JSON line per outer step
+            (default: ``{save_path}/{save_prefix}_step_records.jsonl``, or a continued run's own).
+        :param keep_records: newest step records :attr:`step_records` keeps (1000 until set).
         :return: self
         """
         if outer_steps is not None:
@@ -338,10 +347,13 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
             keep_last=keep_last,
             eval_freq=eval_freq,
             eval_kwargs=eval_kwargs,
+            step_records_path=step_records_path,
+            keep_records=keep_records,
+            fresh=reset_num_timesteps,
         )
         if reset_num_timesteps:
             self.num_outer_steps = 0
-            self.step_records = []
+            self.step_history.reset()
             if reset_task_history_before_learning:
                 self.task_source.reset_history()
         self._task_seed_mode = task_seed_mode
@@ -359,7 +371,7 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
                 callbacks.on_outer_step_start(self.num_outer_steps)
                 record = self._outer_step(self.num_outer_steps, inner_root)
                 self.num_outer_steps += 1
-                self.step_records.append(record)
+                self.step_history.add(record)
                 self._logger.log(record)
                 if not callbacks.on_outer_step_end(record):
                     if self.verbose >= 1:
@@ -372,6 +384,7 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         finally:
             self._logger.close()
             self._logger = None
+            raise_if_interrupted(self, checkpointer)  # a lost process: RunInterruptedError
         return self
 
     def _outer_step(self, outer: int, inner_root: str | None) -> StepRecord:
@@ -381,24 +394,10 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         # draws them (a few steps per call) while the inner loops run.
         last = min(outer + 1 + DRAW_AHEAD_STEPS, self.outer_steps)
         self.task_source.prefetch([self._draw_args(o) for o in range(outer + 1, last)])
-        jobs = [
-            TaskJob(
-                spec=spec,
-                task_seed=task_seed(self.seed, spec.meta_step),
-                index=i,
-                tb_log_dir=None
-                if inner_root is None
-                else os.path.join(
-                    inner_root, f"inner_outer_{outer + 1}_task_{i + 1}_meta_{spec.meta_step}"
-                ),
-            )
-            for i, spec in enumerate(specs)
-        ]
+        jobs = step_jobs(specs, self.seed, outer, inner_root)
         t_sampled = time.perf_counter()
         retries_before = len(self.runner.retry_events)
-        stream = CheckedResults(
-            self.runner.run_batch(jobs, module_to_numpy(self.meta_policy)), self.on_nonfinite
-        )
+        stream = step_results(self, jobs)
         t_update = time.perf_counter()
         self.meta_update(stream, outer)
         t_done = time.perf_counter()

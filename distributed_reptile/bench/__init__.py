@@ -7,8 +7,8 @@
 * ``breakdown``: per-task time components and per-process memory on the Ray backend;
 * ``all``: the four, with their default settings.
 
-Each writes ``<out-dir>/<name>.json`` (machine facts, library versions, settings, figures, targets
-with PASS/MISS) and ``<out-dir>/<name>.png``.
+Each writes ``<output>/<name>.json`` (machine facts, library versions, settings, figures, targets
+with PASS/MISS) and ``<output>/<name>.png``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 from distributed_reptile.bench import breakdown, overhead, scaling, weights
 from distributed_reptile.bench.common import BenchInputError
+from distributed_reptile.cli_help import HelpFormatter, add_debug_option, add_output_option
 
 #: name -> (add_arguments, run, one-line help)
 BENCHMARKS: dict[
@@ -58,31 +59,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distributed-reptile bench",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  distributed-reptile bench overhead --output bench_results",
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="benchmark", required=True)
     for name, (add_arguments, _, help_text) in BENCHMARKS.items():
         p = sub.add_parser(
-            name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  distributed-reptile bench {name} --output bench_results",
+            formatter_class=HelpFormatter,
         )
         add_arguments(p)
         _add_common(p)
     p = sub.add_parser(
         "all",
         help="every benchmark with its default settings",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="every benchmark with its default settings",
+        epilog="example:\n  distributed-reptile bench all --output bench_results",
+        formatter_class=HelpFormatter,
     )
     _add_common(p)
     return parser
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out-dir", default="bench_results", help="folder of the JSON and PNG files"
+    add_output_option(
+        parser,
+        "folder of the JSON and PNG files",
+        default="bench_results",
+        old_names=("--out-dir", "--out"),
+        dest="out_dir",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when a target is missed"
     )
+    add_debug_option(parser)
 
 
 def _missed(report: dict[str, Any]) -> list[str]:
@@ -92,7 +105,7 @@ def _missed(report: dict[str, Any]) -> list[str]:
 def cli_main(argv: list[str] | None = None) -> int:
     """Run the benchmark named in ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
-    :param argv: e.g. ``["scaling", "--workers", "1,2", "--out-dir", "results"]``.
+    :param argv: e.g. ``["scaling", "--workers", "1,2", "--output", "results"]``.
     """
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -104,7 +117,7 @@ def cli_main(argv: list[str] | None = None) -> int:
             sub = argparse.ArgumentParser()
             add_arguments(sub)
             _add_common(sub)
-            run_args = sub.parse_args(["--out-dir", args.out_dir])
+            run_args = sub.parse_args(["--output", args.out_dir])
         else:
             run_args = args
         print(f"== bench {name} ==", flush=True)

@@ -238,7 +238,7 @@ def plot(fig: Any, report: dict[str, Any]) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The breakdown benchmark's options."""
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers")
     parser.add_argument(
         "--outer-steps", type=int, default=3, help="measured outer steps (after 1 warm-up)"
     )

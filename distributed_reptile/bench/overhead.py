@@ -280,4 +280,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--actor-cpus", type=float, default=0.01, help="Ray CPUs of each sleeping actor"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="run seed")

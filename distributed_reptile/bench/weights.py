@@ -257,10 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sizes", default="1e4,1e5,1e6,1e7", help="policy sizes in parameters, comma-separated"
     )
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers")
     parser.add_argument("--tasks", type=int, default=16, help="tasks per outer step")
     parser.add_argument("--outer-steps", type=int, default=5, help="measured outer steps per size")
     parser.add_argument(
         "--sample-interval", type=float, default=0.002, help="seconds between memory samples"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="run seed")

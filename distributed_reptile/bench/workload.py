@@ -101,7 +101,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
     parser.add_argument(
         "--tasks", type=int, default=base.task_batch_size, help="tasks per outer step"
     )
-    parser.add_argument("--seed", type=int, default=base.seed)
+    parser.add_argument("--seed", type=int, default=base.seed, help="run seed")
 
 
 def workload_from_args(args: argparse.Namespace, **overrides: Any) -> Workload:

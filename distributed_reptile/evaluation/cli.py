@@ -16,14 +16,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distributed_reptile.cli_help import (
+    add_debug_option,
+    add_output_option,
+    new_folder,
+    new_parser,
+    user_error,
+)
 from distributed_reptile.execution.registry import backend_names
 from distributed_reptile.weights import NumpyWeights
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distributed-reptile evaluate",
-        description="Held-out returns before and after adaptation: meta-init vs random init vs baselines.",
+    parser = new_parser(
+        "distributed-reptile evaluate",
+        "Held-out returns before and after adaptation: meta-init vs random init vs baselines. "
+        "Writes evaluation.json, evaluation.md and evaluation.png into --output.",
+        "distributed-reptile evaluate runs/smoke_<time>/checkpoints/meta_ckpt_outer_3 "
+        "--tasks 10 --budgets 0 1 2",
     )
     parser.add_argument(
         "checkpoints",
@@ -43,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL_ZIP",
         help="multi-task baseline(s) saved with SB3's .save() (one, or one per checkpoint)",
     )
-    parser.add_argument("--baseline-name", default="multitask")
+    parser.add_argument(
+        "--baseline-name", default="multitask", help="name of the baselines in the report"
+    )
     parser.add_argument("--no-random", action="store_true", help="leave out the random init")
     parser.add_argument(
         "--random-seeds",
@@ -57,9 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         default=None,
-        help="adaptation budgets (default 0 1 2 4 rollouts)",
+        help="adaptation budgets, in --budget-unit (default: 0 1 2 4)",
     )
-    parser.add_argument("--budget-unit", choices=["rollouts", "steps"], default="rollouts")
+    parser.add_argument(
+        "--budget-unit",
+        choices=["rollouts", "steps"],
+        default="rollouts",
+        help="budgets count SB3 rollouts (n_steps env steps each, or train_freq) or env steps",
+    )
     parser.add_argument("--tasks", type=int, default=20, help="held-out tasks")
     parser.add_argument("--task-seed", type=int, default=0, help="first held-out task seed")
     parser.add_argument(
@@ -68,16 +85,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stochastic", action="store_true", help="sample actions in evaluation episodes"
     )
-    parser.add_argument("--eval-seed", type=int, default=0)
-    parser.add_argument("--backend", choices=list(backend_names()), default="ray")
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument(
+        "--eval-seed", type=int, default=0, help="seed of the adaptation and evaluation episodes"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=list(backend_names()),
+        default="ray",
+        help="where the adaptations run: Ray actors, or this process",
+    )
+    parser.add_argument(
+        "--num-workers", type=int, default=2, help="Ray actors running the adaptations"
+    )
     parser.add_argument(
         "--ray-address", default=None, help="join this Ray cluster instead of starting one"
     )
-    parser.add_argument(
-        "--out", default="evaluation", help="folder of evaluation.json / .png / .md"
+    add_output_option(
+        parser,
+        "folder of evaluation.json / .md / .png; a folder that holds an evaluation already is "
+        "refused (default: evaluations/<family>_<timestamp>)",
+        old_names=("--out",),
     )
+    add_debug_option(parser)
     return parser
+
+
+def input_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line (``None``: nothing), checked before Ray starts."""
+    from distributed_reptile.checkpoint_paths import checkpoint_problem
+
+    for name in ("tasks", "episodes", "num_workers"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            return f"{flag} must be at least 1, got {getattr(args, name)}."
+    if args.budgets is not None and any(b < 0 for b in args.budgets):
+        return f"--budgets must be >= 0, got {args.budgets}."
+    if args.baseline and len(args.baseline) not in (1, len(args.checkpoints)):
+        return (
+            f"--baseline takes one model or one per checkpoint ({len(args.checkpoints)}), "
+            f"got {len(args.baseline)}."
+        )
+    for path in args.baseline:
+        if not Path(path).expanduser().is_file():
+            return f"--baseline {path}: no such file (a model saved with SB3's .save(), .zip)."
+    if args.random_seeds and len(args.random_seeds) != len(args.checkpoints):
+        return (
+            f"--random-seeds takes one seed per checkpoint ({len(args.checkpoints)}), "
+            f"got {len(args.random_seeds)}."
+        )
+    if args.output and (Path(args.output) / "evaluation.json").exists():
+        return (
+            f"--output {args.output} holds an evaluation already; give a new folder "
+            "(an evaluation is never written over another)."
+        )
+    for folder in args.checkpoints:
+        problem = checkpoint_problem(Path(folder).expanduser())
+        if problem:
+            return f"{folder}: {problem}"
+    return None
+
+
+def _short(family: str) -> str:
+    """A family's name for a folder: ``pkg.mod:make_x_task`` -> ``make_x_task``."""
+    return family.rsplit(":", 1)[-1].rsplit(".", 1)[-1] or "family"
 
 
 def _checkpoint_weights(folder: Path) -> NumpyWeights:
@@ -104,6 +174,9 @@ def _check_same_keys(name: str, weights: NumpyWeights, reference: NumpyWeights) 
 def cli_main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation of ``argv`` (without the ``evaluate`` word); write JSON, PNG, Markdown."""
     args = build_parser().parse_args(argv)
+    problem = input_problem(args)
+    if problem:
+        return user_error("evaluate", problem)
     from distributed_reptile.algorithms.base import load_trainer
     from distributed_reptile.evaluation.core import (
         evaluate_inits,
@@ -126,13 +199,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     }
     if args.ray_address:
         overrides["ray_address"] = args.ray_address
-    from distributed_reptile.checkpoint import CheckpointError
-
-    try:
-        meta = load_trainer(folders[0], **overrides)
-    except CheckpointError as err:
-        print(f"distributed-reptile evaluate: {err}", file=sys.stderr)
-        return 2
+    meta = load_trainer(folders[0], **overrides)
     try:
         reference = module_to_numpy(meta.meta_policy)
         meta_weights = [reference]
@@ -191,9 +258,8 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     finally:
         meta.close()
     report["metadata"]["wall_seconds"] = time.perf_counter() - t0
-    paths = save_report(
-        report, args.out, "evaluation", title=f"{family}: {len(folders)} meta-init(s)"
-    )
+    out = Path(args.output) if args.output else new_folder("evaluations", _short(family))
+    paths = save_report(report, out, "evaluation", title=f"{family}: {len(folders)} meta-init(s)")
     print(paths["md"].read_text(encoding="utf-8"))
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
