@@ -230,7 +230,7 @@ def test_skipped_tasks_are_left_out_on_every_path_with_the_same_bits(ray_session
     # every task's weights at the driver: the same sum, so the same bits
     assert_same_weights(serial, _nan_run(AllReptile)[0])
     # on Ray, the non-finite tasks inside calls of two and of four tasks
-    for per_call in (2, "auto"):
+    for per_call in (1, 2, "auto"):
         ray_weights, ray_records = _nan_run(backend="ray", num_workers=2, tasks_per_call=per_call)
         assert_same_weights(serial, ray_weights)
         assert [r["skipped_tasks"] for r in ray_records] == [[1, 3], [5, 7]]
