@@ -209,3 +209,25 @@ def test_every_shipped_config_fits_a_two_core_machine(config: Path) -> None:
     c = load_config(config)
     if c.num_workers != "auto":
         check_pool_fits(int(c.num_workers), c.worker_resources, {"CPU": 2.0})
+
+
+def test_a_new_run_never_writes_among_an_earlier_runs_checkpoints(tmp_path):
+    """The Quickstart run twice: the second run is refused before it trains (its checkpoints would
+    mix with the first's, and the newest-numbered one could be the other run's)."""
+    from conftest import cartpole_kwargs
+
+    from distributed_reptile import ReptileMetaRL
+
+    save = tmp_path / "cartpole"
+    with ReptileMetaRL(**cartpole_kwargs(outer_steps=2)) as meta:
+        meta.learn(save_path=str(save), save_freq=1)
+    before = sorted(p.name for p in save.iterdir())
+    with ReptileMetaRL(**cartpole_kwargs(outer_steps=1)) as meta:
+        with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+            meta.learn(save_path=str(save), save_freq=1)
+        assert meta.num_outer_steps == 0
+    assert sorted(p.name for p in save.iterdir()) == before
+    # continuing that run into the same folder is what it is for
+    with ReptileMetaRL.load(save / "meta_ckpt_outer_2", outer_steps=3) as meta:
+        meta.learn(save_path=str(save), save_freq=1, reset_num_timesteps=False)
+        assert meta.num_outer_steps == 3
