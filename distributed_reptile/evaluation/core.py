@@ -233,11 +233,15 @@ def adaptation_returns(
     episodes: int = 10,
     deterministic: bool = True,
     seed: int = 0,
+    metrics_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[list[list[float]]]]:
     """Adapt ``weights`` to every task with every budget, then evaluate.
 
     Task ``t`` uses the seed ``derive_seed(seed, t)`` for adaptation and evaluation alike, whatever
     the initialisation and the budget, so that returns can be compared task by task.
+
+    :param metrics_out: filled with the episode metrics the tasks' envs declare (Meta-World's
+        ``success``...): name -> mean over the episodes per ``(task, budget)``.
 
     :return: the mean episode return per ``(task, budget)``, shape ``(n_tasks, n_budgets)``, and
         the episode returns themselves (``[task][budget][episode]``).
@@ -265,6 +269,11 @@ def adaptation_returns(
         for b, returns in enumerate(result.eval_returns_by_budget):
             raw[result.index][b] = list(returns)
             means[result.index, b] = float(np.mean(returns))
+        if metrics_out is not None:
+            for b, metrics in enumerate(result.eval_metrics_by_budget):
+                for name, values in metrics.items():
+                    table = metrics_out.setdefault(name, np.full((len(specs), n_b), np.nan))
+                    table[result.index, b] = float(np.mean(values)) if values else np.nan
     return means, raw
 
 
@@ -301,6 +310,7 @@ def evaluate_inits(
             f"The reference initialisation {reference!r} is not among {sorted(inits)}."
         )
     per_unit: dict[str, np.ndarray] = {}
+    metric_rows: dict[str, dict[str, list[np.ndarray]]] = {}
     episodes_raw: dict[str, list[Any]] = {}
     seconds: dict[str, float] = {}
     for name, weight_list in inits.items():
@@ -309,15 +319,30 @@ def evaluate_inits(
         t0 = time.perf_counter()
         rows, raws = [], []
         for weights in weight_list:
+            found: dict[str, np.ndarray] = {}
             means, raw = adaptation_returns(
-                runner, weights, specs, budgets, episodes, deterministic, seed
+                runner, weights, specs, budgets, episodes, deterministic, seed, found
             )
             rows.append(means)
             raws.append(raw)
+            for metric, table in found.items():
+                metric_rows.setdefault(metric, {}).setdefault(name, []).append(table)
         per_unit[name] = np.stack(rows)
         episodes_raw[name] = raws
         seconds[name] = time.perf_counter() - t0
     report = summarize(per_unit, budgets, reference=reference, confidence=confidence)
+    # The metrics the tasks' envs declare (success rate, velocity error): the same summary as the
+    # return, per metric, for the inits that reported it on every task.
+    report["metrics"] = {
+        metric: summarize(
+            {name: np.stack(tables) for name, tables in by_init.items()},
+            budgets,
+            reference=reference,
+            confidence=confidence,
+        )
+        for metric, by_init in metric_rows.items()
+        if reference in by_init and len(by_init) == len(inits)
+    }
     report["settings"] = {
         "episodes": int(episodes),
         "deterministic": bool(deterministic),

@@ -40,7 +40,25 @@ def plot_report(
 
     xs, xlabel = budget_axis(report["budgets"])
     conf = int(round(100 * float(report["confidence"])))
-    fig, (ax_ret, ax_diff) = plt.subplots(1, 2, figsize=(11, 4.2))
+    metrics = dict(report.get("metrics") or {})
+    fig, axes = plt.subplots(1, 2 + len(metrics), figsize=(5.5 * (2 + len(metrics)), 4.2))
+    ax_ret, ax_diff = axes[0], axes[1]
+    for ax, (metric, summary) in zip(axes[2:], metrics.items(), strict=True):
+        for name, init in summary["inits"].items():
+            rows = init["budgets"]
+            (line,) = ax.plot(xs, [r["mean"] for r in rows], marker="o", label=name)
+            ax.fill_between(
+                xs,
+                [r["ci_low"] if r["ci_low"] is not None else math.nan for r in rows],
+                [r["ci_high"] if r["ci_high"] is not None else math.nan for r in rows],
+                color=line.get_color(),
+                alpha=0.2,
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"mean episode {metric} on held-out tasks")
+        ax.set_title(f"{metric} after adaptation ({conf}% t-interval)")
+        ax.legend()
+        ax.grid(alpha=0.3)
     for name, init in report["inits"].items():
         rows = init["budgets"]
         mean = [r["mean"] for r in rows]
@@ -139,6 +157,21 @@ def report_to_markdown(report: Mapping[str, Any], digits: int = 1) -> str:
             lines.append(
                 f"| {name} | " + " | ".join(_fmt(r["across_seeds"], digits) for r in rows) + " |"
             )
+    for metric, summary in (report.get("metrics") or {}).items():
+        lines += [
+            "",
+            f"Episode {metric} (mean ± {int(100 * report['confidence'])}% CI over units):",
+            "",
+            head,
+            sep,
+        ]
+        for name, init in summary["inits"].items():
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(r, digits + 2) for r in init["budgets"]) + " |"
+            )
+        for name, rows in summary["paired"].items():
+            cells = [_fmt(r, digits + 2) + ("*" if r.get("excludes_zero") else "") for r in rows]
+            lines.append(f"| {name} (paired) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from stable_baselines3.common.utils import check_for_correct_spaces
 
 from distributed_reptile.reduction import FixedSum
 from distributed_reptile.sb3_models import build_sb3_model
+from distributed_reptile.tasks.episode_metrics import INFO_KEY
 from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import NumpyWeights, load_numpy_into_module, parameters_to_numpy
 
@@ -71,6 +72,9 @@ class AdaptedResult:
     task: dict[str, Any] = field(default_factory=dict)
     eval_returns: list[float] = field(default_factory=list)
     eval_returns_by_budget: list[list[float]] = field(default_factory=list)
+    #: Per budget, the episode metrics the task's env declares (``{"success": [1.0, 0.0, ...]}``:
+    #: see :mod:`distributed_reptile.tasks.episode_metrics`), one value per evaluation episode.
+    eval_metrics_by_budget: list[dict[str, list[float]]] = field(default_factory=list)
     #: Set when the runner was given a reducer (an algorithm with ``combine = "sum"``): then the
     #: weights stay on the worker, ``weights`` is empty, the first result of each actor call
     #: carries the exact partial sum of the call's tasks (``None`` on the others), and
@@ -125,6 +129,8 @@ class InnerLearner:
         self.expected_spaces = expected_spaces
         self.model: BaseAlgorithm | None = None
         self.meta_weights: NumpyWeights = {}
+        #: The episode metrics of the last :meth:`evaluate` call (name -> one value per episode).
+        self.last_eval_metrics: dict[str, list[float]] = {}
         self._fresh_tensors: dict[str, th.Tensor] = {}
 
     # ------------------------------------------------------------------ entry point
@@ -144,8 +150,11 @@ class InnerLearner:
             self._fresh_start(model, job)
             t_ready = time.perf_counter()
             by_budget: list[list[float]] = []
+            metrics_by_budget: list[dict[str, list[float]]] = []
             if job.eval_budgets is not None:
-                by_budget = self._adapt_and_evaluate(model, job, job.eval_budgets)
+                by_budget = self._adapt_and_evaluate(
+                    model, job, job.eval_budgets, metrics_by_budget
+                )
             else:
                 self._adapt(model, job.inner_steps, fresh=True)
             t_learn = time.perf_counter()
@@ -184,6 +193,7 @@ class InnerLearner:
             task=job.spec.describe(),
             eval_returns=eval_returns,
             eval_returns_by_budget=by_budget,
+            eval_metrics_by_budget=metrics_by_budget,
         )
 
     def _fresh_start(self, model: BaseAlgorithm, job: TaskJob) -> None:
@@ -212,9 +222,14 @@ class InnerLearner:
             self.inner_steps = default_steps
 
     def _adapt_and_evaluate(
-        self, model: BaseAlgorithm, job: TaskJob, budgets: tuple[int, ...]
+        self,
+        model: BaseAlgorithm,
+        job: TaskJob,
+        budgets: tuple[int, ...],
+        metrics: list[dict[str, list[float]]] | None = None,
     ) -> list[list[float]]:
-        """Returns after each budget of adaptation (see ``TaskJob.eval_budgets``)."""
+        """Returns after each budget of adaptation (see ``TaskJob.eval_budgets``); the episode
+        metrics of each budget are appended to ``metrics``."""
         chain = self.can_chain(model, job)
         out: list[list[float]] = []
         done = 0  # env steps of adaptation the model holds since its fresh start
@@ -227,7 +242,10 @@ class InnerLearner:
             if steps > done:
                 self._adapt(model, steps - done, fresh=done == 0)
                 done = steps
+            self.last_eval_metrics = {}
             out.append(self.evaluate(model, job) if job.eval_episodes > 0 else [])
+            if metrics is not None:
+                metrics.append(dict(self.last_eval_metrics))
             touched = True
         return out
 
@@ -280,8 +298,18 @@ class InnerLearner:
         task_model.learn(self.inner_steps, **params)
 
     def evaluate(self, task_model: BaseAlgorithm, job: TaskJob) -> list[float]:
-        """Returns of ``job.eval_episodes`` episodes of the adapted policy on a fresh env of the task."""
+        """Returns of ``job.eval_episodes`` episodes of the adapted policy on a fresh env of the
+        task; the episode metrics its env declares go to :attr:`last_eval_metrics`."""
         env = job.spec.build_env()
+        metrics: dict[str, list[float]] = {}
+
+        def collect(local: dict[str, Any], _: dict[str, Any]) -> None:
+            # an episode evaluate_policy counts: done, with the Monitor's episode record
+            info = local["info"]
+            if local["done"] and "episode" in info and INFO_KEY in info:
+                for name, value in info[INFO_KEY].items():
+                    metrics.setdefault(name, []).append(float(value))
+
         try:
             env.reset(seed=job.task_seed)
             env.action_space.seed(job.task_seed)
@@ -291,7 +319,9 @@ class InnerLearner:
                 n_eval_episodes=job.eval_episodes,
                 deterministic=job.eval_deterministic,
                 return_episode_rewards=True,
+                callback=collect,
             )
+            self.last_eval_metrics = metrics
         finally:
             if job.spec.env is None:
                 env.close()

@@ -14,7 +14,9 @@ is built, so importing this module works without it.
   the same two directions as ``"train"`` (:data:`DIR_SPLITS_DISJOINT` is ``False``). Evaluate its
   adaptation on both directions, or use the velocity family for held-out tasks.
 
-Episodes last 200 steps (MAML's horizon for these tasks).
+Episodes last 200 steps (MAML's horizon for these tasks). The velocity family's episodes also
+report ``velocity_error``, the mean ``|forward_velocity - target_velocity|`` (m/s), which the
+evaluation reports next to the return.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from distributed_reptile.tasks.episode_metrics import VELOCITY_ERROR, EpisodeMetrics
 from distributed_reptile.tasks.families._common import (
     Ranges,
     check_split,
@@ -72,8 +75,11 @@ def make_halfcheetah_vel_task(
     """
     ranges = VEL_TRAIN_RANGES if check_split(split) == "train" else VEL_TEST_RANGES
     params = sample_uniform(np.random.default_rng(random_seed), ranges)
-    env = gym.wrappers.TimeLimit(
-        _envs().HalfCheetahVelEnv(**params), max_episode_steps=max_episode_steps
+    env = EpisodeMetrics(
+        gym.wrappers.TimeLimit(
+            _envs().HalfCheetahVelEnv(**params), max_episode_steps=max_episode_steps
+        ),
+        {"velocity_error": VELOCITY_ERROR},
     )
     return env, {"family": "halfcheetah_vel", "split": split, **params}
 

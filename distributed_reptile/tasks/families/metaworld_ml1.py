@@ -14,6 +14,9 @@ different seeds (``benchmark_seed`` and ``benchmark_seed + 1``). That makes a sh
 an event of probability zero, not an impossibility, so this module also checks it when it builds a
 benchmark and raises ``RuntimeError`` if any test ``rand_vec`` equals a train one.
 
+Each episode reports ``success``: Meta-World's own success flag, 1 when the task was solved at any
+step of the episode (the evaluation reports the fraction of episodes solved next to the return).
+
 ``benchmark_seed`` must be the same everywhere a task is rebuilt (Ray workers rebuild tasks from
 ``random_seed``): it defaults to 0, never to Meta-World's unseeded ``None``.
 """
@@ -28,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils import EzPickle
 
+from distributed_reptile.tasks.episode_metrics import SUCCESS, EpisodeMetrics
 from distributed_reptile.tasks.families._common import check_split, mujoco_import_error
 
 #: ML1 env used when none is named.
@@ -175,7 +179,9 @@ def make_metaworld_ml1_task(
     horizon = int(raw.max_path_length)
     if max_episode_steps is not None:
         horizon = min(int(max_episode_steps), horizon)
-    env = gym.wrappers.TimeLimit(raw, max_episode_steps=horizon)
+    env = EpisodeMetrics(
+        gym.wrappers.TimeLimit(raw, max_episode_steps=horizon), {"success": SUCCESS}
+    )
     info = {
         "family": "metaworld_ml1",
         "split": split,
