@@ -58,3 +58,24 @@ def test_evaluate_on_a_folder_that_is_no_checkpoint_is_one_line(tmp_path, capsys
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("distributed-reptile evaluate:") and len(err.splitlines()) == 1
+
+
+def test_evaluate_on_a_run_folder_names_its_last_checkpoint(run, tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(["evaluate", str(run), "--backend", "serial", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run folder" in err
+    assert str(run / "checkpoints" / "meta_ckpt_outer_3") in err
+    assert "interrupted" not in err and not out.exists()
+
+
+def test_evaluate_on_a_corrupted_checkpoint_says_what_is_wrong(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(run / "checkpoints", copy)
+    manifest = copy / "meta_ckpt_outer_3" / "MANIFEST.json"
+    manifest.write_text(manifest.read_text()[:20])
+    assert main(["evaluate", str(copy / "meta_ckpt_outer_3"), "--backend", "serial"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "MANIFEST.json" in err and "Traceback" not in err
