@@ -149,6 +149,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "meta_lr": 1.0,
         "ignored_layers": ["log_std"],
     },
+    # HalfCheetah velocity, point navigation's best recipe carried over: plain SGD 0.1, one
+    # full-batch policy-gradient step per rollout of 10 episodes (2,000 steps; MAML uses 20
+    # trajectories of 200 steps and one step), two rollouts per task, small fixed exploration
+    # noise kept out of the meta update, plain averaging.
+    "halfcheetah_vel_sgd2_lr0.1_ls-1": {
+        "family": "halfcheetah_vel",
+        "rl_algo_kwargs": _ppo(
+            2000,
+            2000,
+            1,
+            0.1,
+            max_grad_norm=10.0,
+            vf_coef=0.05,
+            policy_kwargs={"optimizer_class": th.optim.SGD, "log_std_init": -1.0},
+        ),
+        "inner_rollouts": 2,
+        "task_batch_size": 8,
+        "meta_lr": 1.0,
+        "ignored_layers": ["log_std"],
+    },
     # CartPole with random physics, the FACTS.md setting (smaller): PPO with Adam 3e-4, 10 epochs,
     # four rollouts per task, five tasks per step, plain averaging.
     "cartpole_adam3e-4": {

@@ -156,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             run = {
                 "seed": seed,
                 "checkpoint": str(ckpt_root / f"seed{seed}" / f"meta_outer_{meta.num_outer_steps}"),
-                "env_steps": int(sum(r["env_steps"] for r in records)),
+                "env_steps": int(meta.step_totals.env_steps),  # the whole run's
                 "seconds": time.perf_counter() - t0,
                 "adaptation_return_first": records[0]["ep_return_mean"],
                 "adaptation_return_last": float(
                     np.mean([r["ep_return_mean"] for r in records[-3:]])
                 ),
-                "wait_seconds": float(sum(r["wait_seconds"] for r in records)),
-                "meta_update_seconds": float(sum(r["meta_update_seconds"] for r in records)),
+                "wait_seconds": float(meta.step_totals.seconds["wait_seconds"]),
+                "meta_update_seconds": float(meta.step_totals.seconds["meta_update_seconds"]),
             }
             if "log_std" in dict(meta.meta_policy.named_parameters()):
                 run["log_std"] = meta.meta_policy.log_std.detach().cpu().tolist()
