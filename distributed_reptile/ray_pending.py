@@ -29,9 +29,10 @@ def pending_message(pending: int, total: int, waited_s: float, bundle: Mapping[s
 
     asked = _resources(bundle)
     return (
-        f"{pending} of {total} workers not started after {waited_s:.0f} s: each asks for {asked}; "
-        f"the Ray cluster has {_resources(ray.cluster_resources())} in all, "
-        f"{_resources(ray.available_resources())} free."
+        f"{pending} of {total} workers have not answered after {waited_s:.0f} s (still starting, "
+        f"or waiting for a node with room): each asks for {asked}; the Ray cluster has "
+        f"{_resources(ray.cluster_resources())} in all, {_resources(ray.available_resources())} "
+        "free."
     )
 
 

@@ -174,7 +174,7 @@ def test_pending_workers_are_reported_and_the_wait_is_bounded(ray_session):
     try:
         with pytest.raises(WorkersNotStartedError) as info:
             wait_ready([worker.ready.remote()], {"learner_slot": 1.0}, 3.0, lines.append, 1.0)
-        assert lines and "1 of 1 workers not started after" in lines[0]
+        assert lines and "1 of 1 workers have not answered after" in lines[0]
         assert "learner_slot" in lines[0] and "free" in lines[0]
         assert "worker_start_timeout_s=3" in str(info.value)
         # the holder goes: the same wait now ends with the worker ready
