@@ -5,7 +5,9 @@
 * ``overhead``: orchestration cost with a no-op learner, and many simulated (sleeping) actors;
 * ``weights``: broadcast, collection and meta-update time, and driver memory, against policy size;
 * ``breakdown``: per-task time components and per-process memory on the Ray backend;
-* ``all``: the four, with their default settings.
+* ``cluster``: driver CPU and bytes per outer step on a real multi-node Ray cluster on this machine
+  (nodes in network namespaces), every task's weights to the driver against partial sums;
+* ``all``: the first four, with their default settings (``cluster`` needs root and runs alone).
 
 Each writes ``<output>/<name>.json`` (machine facts, library versions, settings, figures, targets
 with PASS/MISS) and ``<output>/<name>.png``.
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from distributed_reptile.bench import breakdown, overhead, scaling, weights
+from distributed_reptile.bench import breakdown, cluster, overhead, scaling, weights
 from distributed_reptile.bench.common import BenchInputError
 from distributed_reptile.cli_help import HelpFormatter, add_debug_option, add_output_option
 
@@ -51,7 +53,14 @@ BENCHMARKS: dict[
         breakdown.run,
         "per-task time components and per-process memory on the Ray backend",
     ),
+    "cluster": (
+        cluster.add_arguments,
+        cluster.run,
+        "driver CPU and bytes per outer step on a multi-node Ray cluster in network namespaces",
+    ),
 }
+#: Benchmarks that ``all`` leaves out (``cluster`` needs root, network namespaces and ~15 min).
+NOT_IN_ALL = frozenset({"cluster"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
     p = sub.add_parser(
         "all",
-        help="every benchmark with its default settings",
-        description="every benchmark with its default settings",
+        help="every benchmark but cluster, with its default settings",
+        description="every benchmark but cluster, with its default settings",
         epilog="example:\n  distributed-reptile bench all --output bench_results",
         formatter_class=HelpFormatter,
     )
@@ -109,7 +118,11 @@ def cli_main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    names = (
+        [n for n in BENCHMARKS if n not in NOT_IN_ALL]
+        if args.benchmark == "all"
+        else [args.benchmark]
+    )
     missed: list[str] = []
     for name in names:
         add_arguments, run, _ = BENCHMARKS[name]
@@ -132,4 +145,4 @@ def cli_main(argv: list[str] | None = None) -> int:
     return 1 if (missed and args.strict) else 0
 
 
-__all__ = ["BENCHMARKS", "build_parser", "cli_main"]
+__all__ = ["BENCHMARKS", "NOT_IN_ALL", "build_parser", "cli_main"]

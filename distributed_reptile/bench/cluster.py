@@ -1,0 +1,452 @@
+"""Cluster: what the driver pays per outer step when the inner loops run on several nodes.
+
+A real Ray cluster on this machine (:mod:`distributed_reptile.bench.netns`): a head and ``N``
+worker nodes, each in its own network namespace, joined by veth pairs to a bridge in the head's
+namespace, where the driver runs (re-run there with ``nsenter``). The trainer is the real
+``ReptileMetaRL`` on the Ray backend joined to that cluster, with a learner that sleeps a fixed
+time and returns the meta weights shifted by a constant drawn from the task's seed
+(:class:`~distributed_reptile.bench.cluster_driver.ShiftLearner`: no CPU but one pass over the weights), on a PPO policy sized to ``P``
+parameters. ``--workers-per-node`` learner workers (0.01 CPU each) sit on every worker node
+(custom resource ``bench_worker``), none on the head.
+
+Two modes side by side, per ``P`` and ``B`` (tasks per outer step):
+
+* ``flat``: :class:`~distributed_reptile.bench.cluster_driver.FlatReptile` (``combine = "all"``): every task's adapted weights go to the
+  driver, which sums them exactly itself;
+* ``reduced``: ``ReptileMetaRL`` (``combine = "sum"``, ``tasks_per_call="auto"``): each actor call
+  sends one int64 partial sum.
+
+Per outer step: driver CPU seconds (``time.process_time``), bytes into and out of the driver's
+node (the bridge's counters) and per node (its veth's), step time beyond the sleep, peak driver
+RSS. Each ``(P, B)`` starts from the same meta weights in both modes, and the two modes' meta
+weights after it are compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from distributed_reptile.bench.cluster_driver import MODES
+from distributed_reptile.bench.common import (
+    MB,
+    BenchInputError,
+    CpuMeter,
+    Target,
+    new_report,
+    parse_int_list,
+    print_table,
+    summarize,
+    write_report,
+)
+from distributed_reptile.bench.netns import ClusterNet, RayNodes, namespace_support
+
+NAME = "cluster"
+#: Memory of one idle node (raylet, agents, an idle worker) and of one learner actor, for the check.
+NODE_MEMORY_ESTIMATE = 400 * MB
+ACTOR_MEMORY_ESTIMATE = 250 * MB
+DRIVER_CODE = (
+    "import sys\nfrom distributed_reptile.bench.cluster_driver import driver_main\n"
+    "sys.exit(driver_main(sys.argv[1]))\n"
+)
+
+
+# ---------------------------------------------------------------------- the plan
+def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``(mode, P, B)`` groups to run, and those skipped with the reason."""
+    groups, skipped = [], []
+    for size in args.size_list:
+        for mode in MODES:
+            for batch in args.task_list:
+                entry = {"mode": mode, "params_target": size, "batch": batch}
+                reason = _skip_reason(mode, size, batch, args)
+                if reason is None:
+                    groups.append(entry)
+                else:
+                    skipped.append({**entry, "reason": reason})
+    return groups, skipped
+
+
+def _skip_reason(mode: str, size: int, batch: int, args: argparse.Namespace) -> str | None:
+    if mode == "flat":
+        held, what = batch * size * 4, f"{batch} tasks' float32 weights"
+    else:
+        calls = min(batch, args.nodes * args.workers_per_node)
+        held, what = calls * size * 8, f"{calls} int64 partial sums"
+    if held > args.max_step_gib * 2**30:
+        return (
+            f"{what} make {held / 1e9:.1f} GB per outer step, above --max-step-gib "
+            f"{args.max_step_gib:g} GiB: more than the object stores and the driver could hold "
+            "at once on this machine"
+        )
+    if args.max_work and batch * size > args.max_work:
+        return (
+            f"B x P = {batch * size:.3g} above --max-work {args.max_work:g}: left out to keep this "
+            "run short (each task costs a pass over the P weights)"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------- the benchmark process
+def _check(args: argparse.Namespace) -> None:
+    args.task_list = parse_int_list(args.tasks, "--tasks")
+    args.size_list = parse_int_list(args.sizes, "--sizes")
+    for name in ("nodes", "workers_per_node", "outer_steps"):
+        if getattr(args, name) <= 0:
+            raise BenchInputError(
+                f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}."
+            )
+    if args.sleep < 0 or args.worker_cpus <= 0 or args.max_step_gib <= 0:
+        raise BenchInputError("--sleep must be >= 0, --worker-cpus and --max-step-gib > 0.")
+    reason = namespace_support()
+    if reason is not None:
+        raise BenchInputError(f"bench cluster runs its nodes in network namespaces: {reason}.")
+    workers = args.nodes * args.workers_per_node
+    needed = (args.nodes + 1) * NODE_MEMORY_ESTIMATE + workers * ACTOR_MEMORY_ESTIMATE
+    available = psutil.virtual_memory().available
+    if needed > 0.8 * available:
+        raise BenchInputError(
+            f"{args.nodes} nodes and {workers} workers need about {needed / 2**30:.1f} GiB and "
+            f"{available / 2**30:.1f} GiB is available: lower --nodes or --workers-per-node."
+        )
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the cluster benchmark; returns the report (also written to ``args.out_dir``)."""
+    _check(args)
+    groups, skipped = plan(args)
+    workers = args.nodes * args.workers_per_node
+    settings = {
+        "nodes": args.nodes,
+        "workers_per_node": args.workers_per_node,
+        "workers": workers,
+        "placement": "learner workers only on the worker nodes (custom resource bench_worker = "
+        "workers_per_node on each), none on the head, which holds the driver and the task source",
+        "worker_resources": {"num_cpus": args.worker_cpus, "bench_worker": 1},
+        "tasks_per_outer_step": args.task_list,
+        "sizes_target": args.size_list,
+        "sleep_seconds": args.sleep,
+        "measured_outer_steps": args.outer_steps,
+        "warmup": "one outer step per trainer, before its first B; every (P, B) then starts "
+        "from the same meta weights (outer step 0, task seeds from meta steps) in both modes",
+        "modes": {
+            "flat": f"FlatReptile (combine='all'), tasks_per_call={args.flat_tasks_per_call}: "
+            "every task's float32 weights to the driver, which sums them exactly",
+            "reduced": "ReptileMetaRL (combine='sum'), tasks_per_call='auto': one int64 partial "
+            "sum per actor call",
+        },
+        "learner": "ShiftLearner: sleeps, returns the meta weights plus a constant from the "
+        "task's seed; builds no env and no model",
+        "policy": "PPO MlpPolicy, net_arch=dict(pi=[w, w], vf=[w, w]), CartPole family",
+        "max_step_gib": args.max_step_gib,
+        "max_work": args.max_work,
+        "object_store_mib": {
+            "head": args.head_object_store_mib,
+            "node": args.node_object_store_mib,
+        },
+        "driver_cpu": "time.process_time() of the driver process (all its threads, Ray's "
+        "included, the memory sampler's own thread left out) from the start of an outer step to "
+        "its end (sampling, dispatch, collection, meta-update, record)",
+        "bytes": "driver_node_in/out: rx/tx bytes of the bridge in the head's namespace (frames "
+        "the worker nodes' veths delivered to the head node, and sent by it); nodes.<k>: node k's "
+        "veth (in = tx, out = rx, at its head end); nodes_out_sum: everything the worker nodes "
+        "sent, node-to-node traffic included. Frame bytes (Ethernet/IP/TCP headers; network.mtu), "
+        "idle traffic of Ray included (network.idle_bytes_per_second)",
+        "memory": "peak RSS of the driver process, sampled every 5 ms by a thread",
+        "beyond_sleep": "trainer step_seconds - ceil(B / workers) * sleep_seconds",
+        "seed": args.seed,
+    }
+    report = new_report(NAME, settings)
+    meter = CpuMeter()
+    workdir = Path(tempfile.mkdtemp(prefix="drcl_", dir="/tmp"))  # short: Ray's socket paths
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    net = nodes = None
+    ok = False
+    raw: dict[str, Any] = {}
+    try:
+        net = ClusterNet(args.nodes, veth=not args.no_veth)
+        nodes = RayNodes(
+            net,
+            workdir,
+            {"bench_worker": args.workers_per_node},
+            args.head_object_store_mib * MB,
+            args.node_object_store_mib * MB,
+        )
+        t0 = time.perf_counter()
+        nodes.start()
+        start_seconds = time.perf_counter() - t0
+        print(
+            f"{args.nodes + 1} Ray nodes up in {start_seconds:.1f} s ({net.describe()['topology']})"
+        )
+        raw_path = workdir / "raw.json"
+        spec = {
+            "address": nodes.address, "head_ip": net.head_ip, "interfaces": net.interfaces(),
+            "node_ips": {f"node{k}": net.node_ip(k) for k in range(1, args.nodes + 1)},
+            "nodes": args.nodes, "workers": workers, "sizes": args.size_list, "groups": groups,
+            "sleep": args.sleep, "worker_cpus": args.worker_cpus, "outer_steps": args.outer_steps,
+            "flat_tasks_per_call": args.flat_tasks_per_call, "seed": args.seed,
+            "raw_path": str(raw_path),
+        }  # fmt: skip
+        spec_path = workdir / "spec.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        driver = nodes.popen(
+            "driver", net.head, [sys.executable, "-c", DRIVER_CODE, str(spec_path)],
+            own_sysfs=net.per_node_bytes, to_log=False,
+        )  # fmt: skip
+        rc = driver.wait()
+        if raw_path.exists():
+            raw = json.loads(raw_path.read_text(encoding="utf-8"))
+        if rc != 0:
+            raise RuntimeError(f"the benchmark's driver exited with {rc}; Ray's logs: {workdir}")
+        ok = True
+    except KeyboardInterrupt:
+        ok = True  # nothing to look into: the logs go too
+        raise
+    finally:
+        left = nodes.teardown() if nodes is not None else []
+        if nodes is None and net is not None:
+            net.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"bench cluster failed: the nodes' logs are in {workdir}", file=sys.stderr)
+    report["cpu"] = meter.summary()
+    report["network"] = {**net.describe(), "counter_source": raw.get("counter_source"),
+                         "idle_bytes_per_second": raw.get("idle_bytes_per_second")}  # fmt: skip
+    if not net.per_node_bytes:
+        report["network"]["note"] = (
+            "all nodes in one loopback-only namespace: no bytes per node or into the driver's node"
+        )
+    report["cluster"] = {"start_seconds": start_seconds, "node_labels": raw.get("node_labels"),
+                         "trainers": raw.get("trainers"), "workdir": str(workdir),
+                         "processes_left": left}  # fmt: skip
+    report["stats_bytes_per_task"] = raw.get("stats_bytes_per_task")
+    report["skipped"] = skipped
+    report["results"] = [_summarize(g, args, workers) for g in raw.get("groups", [])]
+    report.update(_weights_check(raw.get("groups", [])))
+    _print(report["results"], skipped)
+    same = {True: "yes", False: "NO", None: "not checked"}[report["weights_identical"]]
+    print(
+        f"weights identical, flat and reduced: {same} ({len(report['weights_check']['pairs'])} (P, B))"
+    )
+    write_report(args.out_dir, report, _targets(report, args), lambda fig: plot(fig, report))
+    return report
+
+
+# ---------------------------------------------------------------------- figures
+def _summarize(group: dict[str, Any], args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """Per-step figures of one ``(mode, P, B)`` and their medians."""
+    steps, batch = group["steps"], group["batch"]
+    sleep_path = math.ceil(batch / workers) * args.sleep
+    for s in steps:
+        s["beyond_sleep_seconds"] = s["step_seconds"] - sleep_path
+        s["driver_cpu_per_task_ms"] = s["driver_cpu_seconds"] / batch * 1e3
+    keys = ("mode", "params_target", "parameters", "width", "batch", "tasks_per_call", "digest")
+    out: dict[str, Any] = {k: group[k] for k in keys}
+    for key in (
+        "driver_cpu_seconds", "driver_cpu_per_task_ms", "step_seconds", "beyond_sleep_seconds",
+        "wall_seconds", "wait_seconds", "meta_update_seconds", "peak_rss_bytes",
+        "peak_private_bytes",
+    ):  # fmt: skip
+        out[key] = summarize([s[key] for s in steps])
+    if steps and steps[0]["driver_node_in_bytes"] is not None:
+        for s in steps:
+            s["nodes_out_sum_bytes"] = sum(n["out_bytes"] for n in s["nodes"].values())
+        for key in ("driver_node_in_bytes", "driver_node_out_bytes", "nodes_out_sum_bytes"):
+            out[key] = summarize([s[key] for s in steps])
+        out["driver_node_in_bytes_per_task"] = out["driver_node_in_bytes"]["median"] / batch
+        out["weights_bytes"] = group["parameters"] * 4
+        out["nodes"] = {
+            label: {
+                d: float(np.median([s["nodes"][label][d] for s in steps]))
+                for d in ("in_bytes", "out_bytes")
+            }
+            for label in steps[0]["nodes"]
+        }
+    out["steps"] = steps
+    return out
+
+
+def _weights_check(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether both modes reached the same meta weights for every ``(P, B)`` both ran."""
+    digests = {(g["params_target"], g["batch"], g["mode"]): g["digest"] for g in groups}
+    pairs = [
+        {"params_target": p, "batch": b, "identical": d == digests[(p, b, "reduced")],
+         "flat_sha256": d, "reduced_sha256": digests[(p, b, "reduced")]}
+        for (p, b, m), d in digests.items()
+        if m == "flat" and (p, b, "reduced") in digests
+    ]  # fmt: skip
+    return {
+        "weights_identical": all(x["identical"] for x in pairs) if pairs else None,
+        "weights_check": {
+            "how": "sha256 of the meta policy's state_dict after the measured outer steps of each "
+            "(P, B); both modes start them from the same meta weights and draw the same tasks",
+            "pairs": pairs,
+        },
+    }
+
+
+def _targets(report: dict[str, Any], args: argparse.Namespace) -> list[Target]:
+    """The issue's targets, on the reduced mode (``ReptileMetaRL``'s own path)."""
+    res = {(r["mode"], r["params_target"], r["batch"]): r for r in report["results"]}
+    stats = report["stats_bytes_per_task"] or 0
+
+    def reduced(size: int, batch: int, key: str) -> float | None:
+        r = res.get(("reduced", size, batch))
+        return r[key]["median"] if r is not None and key in r else None
+
+    targets = []
+    for size in args.size_list:
+        for batch in args.task_list:
+            r = res.get(("reduced", size, batch))
+            params = r["parameters"] if r is not None else size
+            targets.append(
+                Target(
+                    f"bytes_p{size}_b{batch}",
+                    f"reduced, P={params:,}, B={batch}: bytes into the driver's node per outer "
+                    f"step (median) <= (nodes + 1) x P x 4 + B x {stats} bytes of task statistics",
+                    reduced(size, batch, "driver_node_in_bytes"),
+                    "<=",
+                    (args.nodes + 1) * params * 4 + batch * stats,
+                    "bytes",
+                )
+            )
+    targets.append(Target("cpu_b1024_p10k", "reduced, B=1024, P=10k: driver CPU per outer step "
+                          "(median)", reduced(10_000, 1024, "driver_cpu_seconds"), "<=", 0.25, "s"))  # fmt: skip
+    targets.append(Target("cpu_b64_p10m", "reduced, B=64, P=10M: driver CPU per outer step "
+                          "(median)", reduced(10_000_000, 64, "driver_cpu_seconds"), "<=", 0.2, "s"))  # fmt: skip
+    for size in args.size_list:
+        targets.append(
+            Target(
+                f"cpu_per_task_b1024_p{size}",
+                f"reduced, B=1024, P={size:,}: driver CPU per task (median)",
+                reduced(size, 1024, "driver_cpu_per_task_ms"),
+                "<=",
+                0.2,
+                "ms",
+            )
+        )
+    return targets
+
+
+def _print(results: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> None:
+    rows = [
+        {
+            "mode": r["mode"], "params": r["parameters"], "batch": r["batch"],
+            "tpc": r["tasks_per_call"], "step": r["step_seconds"]["median"],
+            "beyond": r["beyond_sleep_seconds"]["median"], "cpu": r["driver_cpu_seconds"]["median"],
+            "cpu_task": r["driver_cpu_per_task_ms"]["median"],
+            "mb_in": r["driver_node_in_bytes"]["median"] / 1e6 if "driver_node_in_bytes" in r else None,
+            "rss": r["peak_rss_bytes"]["max"] / MB,
+        }
+        for r in results
+    ]  # fmt: skip
+    print_table(
+        rows,
+        [
+            ("mode", "mode", ""), ("params", "P", ","), ("batch", "B", "d"),
+            ("tpc", "tasks/call", "d"), ("step", "step s", ".3f"), ("beyond", "beyond sleep s", ".3f"),
+            ("cpu", "driver CPU s", ".3f"), ("cpu_task", "CPU/task ms", ".3f"),
+            ("mb_in", "MB into driver node", ".2f"), ("rss", "peak RSS MiB", ".0f"),
+        ],
+    )  # fmt: skip
+    for s in skipped:
+        print(f"skipped {s['mode']} P={s['params_target']:,} B={s['batch']}: {s['reason']}")
+
+
+def plot(fig: Any, report: dict[str, Any]) -> None:
+    """Driver CPU and bytes into the driver's node per outer step against B, per mode and P."""
+    ax1, ax2 = fig.subplots(1, 2)
+    results = report["results"]
+    sizes = sorted({r["params_target"] for r in results})
+    colors = {p: f"C{i}" for i, p in enumerate(sizes)}
+    for mode, style in (("flat", "-o"), ("reduced", "--s")):
+        for size in sizes:
+            rows = sorted(
+                (r for r in results if r["mode"] == mode and r["params_target"] == size),
+                key=lambda r: r["batch"],
+            )
+            if not rows:
+                continue
+            xs = [r["batch"] for r in rows]
+            label = f"{mode}, P={rows[0]['parameters']:,}"
+            cpu = [max(r["driver_cpu_seconds"]["median"], 1e-4) for r in rows]
+            ax1.plot(xs, cpu, style, color=colors[size], label=label)
+            if all("driver_node_in_bytes" in r for r in rows):
+                mb = [max(r["driver_node_in_bytes"]["median"], 1.0) for r in rows]
+                ax2.plot(xs, mb, style, color=colors[size], label=label)
+    ax1.set(xscale="log", yscale="log", xlabel="tasks per outer step (B)",
+            ylabel="driver CPU s per outer step (median)", title="Driver CPU")  # fmt: skip
+    ax2.set(xscale="log", yscale="log", xlabel="tasks per outer step (B)",
+            ylabel="bytes per outer step (median)", title="Bytes into the driver's node")  # fmt: skip
+    nodes = len(report["network"]["node_ips"])
+    for size in sizes:
+        params = next(r["parameters"] for r in results if r["params_target"] == size)
+        ax2.axhline((nodes + 1) * params * 4, color=colors[size], linestyle=":", linewidth=1)
+    batches = sorted({r["batch"] for r in results})
+    for ax in (ax1, ax2):
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
+        if ax.get_lines():
+            ax.legend(fontsize=7, title="dotted: (nodes + 1) x P x 4" if ax is ax2 else None)
+    if not report["network"]["per_node_bytes"]:
+        ax2.text(0.5, 0.5, "not measured: one loopback namespace", ha="center",
+                 transform=ax2.transAxes)  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cluster benchmark's options."""
+    half = psutil.virtual_memory().total / 2**31
+    parser.add_argument("--nodes", type=int, default=4, help="Ray worker nodes (besides the head)")
+    parser.add_argument("--workers-per-node", type=int, default=2, help="learner workers per node")
+    parser.add_argument("--tasks", default="16,64,256,1024", help="tasks per outer step (B)")
+    parser.add_argument("--sizes", default="1e4,1e6,1e7", help="policy sizes in parameters (P)")
+    parser.add_argument("--sleep", type=float, default=0.02, help="seconds each task sleeps")
+    parser.add_argument(
+        "--outer-steps", type=int, default=2, help="measured outer steps per (P, B)"
+    )
+    parser.add_argument("--worker-cpus", type=float, default=0.01, help="Ray CPUs of each worker")
+    parser.add_argument(
+        "--flat-tasks-per-call", type=int, default=1, help="tasks_per_call of the flat mode"
+    )
+    parser.add_argument(
+        "--max-step-gib",
+        type=float,
+        default=round(half, 1),
+        help="skip a (mode, P, B) whose results per outer step exceed this (default: half the memory)",
+    )
+    parser.add_argument(
+        "--max-work", type=float, default=0.0, help="skip a (P, B) with B x P above this (0: none)"
+    )
+    parser.add_argument(
+        "--head-object-store-mib", type=int, default=4096, help="head's object store"
+    )
+    parser.add_argument(
+        "--node-object-store-mib", type=int, default=1024, help="each node's object store"
+    )
+    parser.add_argument(
+        "--no-veth",
+        action="store_true",
+        help="all nodes in one loopback namespace (no bytes per node)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="run seed")
