@@ -234,18 +234,27 @@ class NamespaceCluster:
             self.head,
         )
 
-    def start_second_node(self, timeout: float = 120) -> None:
-        """Start the second node and wait until the head counts it alive."""
+    def start_second_node(
+        self, timeout: float = 120, temp_dir: str = "ray2", wait: bool = True
+    ) -> None:
+        """Start the second node and wait until the head counts it alive.
+
+        :param temp_dir: its temp dir, under ``workdir`` (a node that joins again after the
+            first one was killed gets a new one).
+        :param wait: wait until it has joined (each look is a ``ray list nodes``: seconds).
+        """
         self.worker = self.popen(
             self.ray(
                 "start", "--block", "--address", f"127.0.0.1:{self.port}",
                 "--num-cpus", str(self.worker_cpus), "--resources", '{"second_node": 1}',
                 # its own temp dir: with the head's, its runtime-env agent would manage the same
                 # runtime_resources folder and remove the job's working dir under the driver
-                "--temp-dir", str(self.workdir / "ray2"), "--disable-usage-stats",
+                "--temp-dir", str(self.workdir / temp_dir), "--disable-usage-stats",
             ),
             "worker",
         )  # fmt: skip
+        if not wait:
+            return
         self._wait(
             lambda: len(self.alive_nodes()) == 2, timeout, "the second node to join", self.worker
         )
@@ -379,6 +388,29 @@ class NamespaceCluster:
     def job_log(self, submission_id: str) -> str:
         path = self.workdir / f"job_{submission_id}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_log(
+        self,
+        submission_id: str,
+        text: str,
+        count: int,
+        submit: subprocess.Popen[bytes],
+        timeout: float = 300,
+    ) -> float:
+        """Wait until the job's log holds ``text`` ``count`` times; return when
+        (``time.monotonic()``).
+
+        :param submit: the job's ``ray job submit`` process (its end stops the wait).
+        """
+        deadline = time.monotonic() + timeout
+        while self.job_log(submission_id).count(text) < count:
+            if submit.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} not {count} times in the log of job {submission_id}:\n"
+                    f"{self.job_log(submission_id)[-4000:]}"
+                )
+            time.sleep(0.2)
+        return time.monotonic()
 
     def kill_second_node(self) -> list[int]:
         """Kill the second node's processes (raylet, agents, workers) at once, as a crash would."""

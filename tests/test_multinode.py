@@ -1,8 +1,10 @@
 """A real two-node Ray cluster (head + second node in a private network namespace, only ``lo``):
-a training job submitted with ``ray job submit`` runs on both nodes, and survives losing one.
+a training job submitted with ``ray job submit`` runs on both nodes, and survives losing one:
+with room on the head for the lost node's worker, and with none (Ray's default health checks),
+where the lost node's workers are dropped and the pool grows back when a new node joins.
 
-Both tests start their own cluster with :class:`multinode.NamespaceCluster` (token auth on, fresh
-token) and tear it down by the processes they started, then assert that none is left.
+Each test starts its own cluster with :class:`multinode.NamespaceCluster` (token auth on, fresh
+token) and tears it down by the processes it started, then asserts that none is left.
 """
 
 from __future__ import annotations
@@ -200,3 +202,172 @@ def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
     _assert_same_weights(
         Path(summary["last_checkpoint"]), serial / "checkpoints" / f"meta_ckpt_outer_{outer_steps}"
     )
+
+
+# ---------------------------------------------------------------------- a node lost for good
+
+#: A learner that holds its task while a "hold" file of the task's outer step exists (and leaves a
+#: marker file saying so), so a test can kill a node while every worker is inside a task. Written
+#: into the job's working dir, which is on the workers' and (through PYTHONPATH) the driver's path.
+GATED_LEARNER = """
+import os
+import time
+
+from distributed_reptile import InnerLearner
+
+HOLDS = {holds!r}  # outer step (0-based) -> hold file
+BATCH = {batch}
+
+
+class GatedLearner(InnerLearner):
+    def run(self, job, meta_weights):
+        hold = HOLDS.get(job.spec.meta_step // BATCH)
+        if hold is not None and os.path.exists(hold):
+            open(f"{{hold}}.{{job.spec.meta_step}}.{{os.getpid()}}", "w").close()
+            while os.path.exists(hold):
+                time.sleep(0.1)
+        return super().run(job, meta_weights)
+"""
+
+
+def _gated_job(job_dir: Path, holds: dict[int, Path], batch: int = 4) -> list[Path]:
+    """Write the gated learner into ``job_dir``; create the hold files."""
+    text = GATED_LEARNER.format(holds={k: str(v) for k, v in holds.items()}, batch=batch)
+    (job_dir / "gated_learner.py").write_text(text)
+    for hold in holds.values():
+        hold.touch()
+    return list(holds.values())
+
+
+def _wait_held(hold: Path, count: int, submit: Any, timeout: float = 300) -> None:
+    """Wait until ``count`` tasks are held by ``hold``."""
+    deadline = time.monotonic() + timeout
+    while len(list(hold.parent.glob(f"{hold.name}.*"))) < count:
+        assert submit.poll() is None, "the job ended before its tasks were held"
+        assert time.monotonic() < deadline, f"{count} tasks not held by {hold} in {timeout}s"
+        time.sleep(0.2)
+
+
+#: The runs that lose a node: five outer steps of short inner loops.
+NODE_LOSS_STEPS = ["outer_steps=5", "inner_steps=64"]
+#: Four workers of one CPU on a head and a second node of two CPUs each: no room to spare.
+NODE_LOSS_RUN = [*NODE_LOSS_STEPS, "num_workers=4", "inner_learner_cls=gated_learner:GatedLearner"]
+
+
+def _node_loss_entrypoint(out: Path) -> list[str]:
+    return ["env", "PYTHONPATH=.", *_train_entrypoint(out, *NODE_LOSS_RUN)]
+
+
+@pytest.fixture(scope="module")
+def node_loss_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The last checkpoint of the node-loss runs' config trained on the serial backend."""
+    serial = tmp_path_factory.mktemp("serial")
+    _train_serial(serial / "run", ["backend=serial", *NODE_LOSS_STEPS])
+    return serial / "run" / "checkpoints" / "meta_ckpt_outer_5"
+
+
+def _pool_events(record: dict[str, Any]) -> list[tuple[str, int]]:
+    return [
+        (e["kind"], e["workers"])
+        for e in record["retries"]
+        if e["kind"] in ("worker_dropped", "worker_added")
+    ]
+
+
+def _kill_second_node_while_held(
+    cluster: NamespaceCluster, hold: Path, submit: Any, job_id: str
+) -> float:
+    """Kill the second node while each of the four workers holds a task of ``hold``'s step, let
+    the tasks go, and wait until the two workers of the lost node are dropped; return how long
+    that took from the kill."""
+    _wait_held(hold, 4, submit)
+    killed = cluster.kill_second_node()
+    assert killed, "the second node was already gone"
+    t_kill = time.monotonic()
+    hold.unlink()
+    dropped = cluster.wait_for_log(job_id, " dropped: its node ", 2, submit, timeout=300)
+    return dropped - t_kill
+
+
+@pytest.mark.slow
+def test_run_goes_on_with_the_workers_left_when_a_node_is_lost_for_good(
+    short_dir: Path, job_dir: Path, tmp_path: Path, node_loss_reference: Path
+) -> None:
+    """Ray's default health checks and no spare CPU: the lost node's workers can be neither
+    restarted nor replaced. They are dropped, their tasks rerun on the head's two workers, and the
+    run ends with a serial run's weights."""
+    out = tmp_path / "run"
+    (hold,) = _gated_job(job_dir, {2: tmp_path / "hold_step3"})
+    cluster = NamespaceCluster(short_dir, head_cpus=2, worker_cpus=2)
+    try:
+        cluster.start()
+        ids = cluster.node_ids()
+        submit = cluster.submit(_node_loss_entrypoint(out), job_dir, "lost_for_good")
+        detection = _kill_second_node_while_held(cluster, hold, submit, "lost_for_good")
+        print(f"workers of the killed node dropped {detection:.1f} s after the kill")
+        _wait_job(cluster, submit, "lost_for_good", timeout=300)
+        log = cluster.job_log("lost_for_good")
+    finally:
+        left = cluster.teardown()
+    assert left == [], f"processes left in the namespace: {left}"
+
+    lines = [line for line in log.splitlines() if " dropped: " in line]
+    assert len(lines) == 2
+    assert "Each worker asks for 1 CPU; the live nodes have 2 CPU in all" in lines[0]
+    assert "Running on with 2 of 4 workers" in lines[1]
+    records = _records(out)
+    assert [r["outer_step"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(sum(r["tasks_per_node"].values()) == 4 for r in records), "a task was dropped"
+    both = {ids["head"]: 2, ids["second"]: 2}
+    assert [r["tasks_per_node"] for r in records[:2]] == [both, both]
+    assert [_pool_events(r) for r in records] == [
+        [], [], [("worker_dropped", 3), ("worker_dropped", 2)], [], [],
+    ]  # fmt: skip
+    # the held tasks of the lost node's workers ran again on the head; then two workers are left
+    assert records[2]["tasks_per_node"] == {ids["head"]: 4}
+    for record in records[3:]:
+        assert record["tasks_per_node"] == {ids["head"]: 4}
+        assert len(set(record["task_pids"])) == 2
+    _assert_same_weights(out / "checkpoints" / "meta_ckpt_outer_5", node_loss_reference)
+
+
+@pytest.mark.slow
+def test_pool_grows_back_when_a_node_joins_after_one_was_lost(
+    short_dir: Path, job_dir: Path, tmp_path: Path, node_loss_reference: Path
+) -> None:
+    """As above, then a new second node joins while step 4 is held: the two dropped workers
+    start on it, and the last steps run on both nodes again, with a serial run's weights."""
+    out = tmp_path / "run"
+    hold3, hold4 = _gated_job(job_dir, {2: tmp_path / "hold_step3", 3: tmp_path / "hold_step4"})
+    cluster = NamespaceCluster(short_dir, head_cpus=2, worker_cpus=2)
+    try:
+        cluster.start()
+        ids = cluster.node_ids()
+        submit = cluster.submit(_node_loss_entrypoint(out), job_dir, "node_back")
+        detection = _kill_second_node_while_held(cluster, hold3, submit, "node_back")
+        print(f"workers of the killed node dropped {detection:.1f} s after the kill")
+        _wait_held(hold4, 2, submit)  # step 4 runs on the two workers left
+        t_join = time.monotonic()
+        cluster.start_second_node(temp_dir="ray3", wait=False)
+        back = cluster.wait_for_log("node_back", " is back, on node ", 2, submit, timeout=240)
+        print(f"the pool was back to 4 workers {back - t_join:.1f} s after `ray start` of a node")
+        new_node = [n["node_id"] for n in cluster.alive_nodes() if n["node_id"] != ids["head"]]
+        hold4.unlink()
+        _wait_job(cluster, submit, "node_back", timeout=300)
+    finally:
+        left = cluster.teardown()
+    assert left == [], f"processes left in the namespace: {left}"
+
+    assert len(new_node) == 1 and new_node[0] != ids["second"]
+    records = _records(out)
+    assert [r["outer_step"] for r in records] == [1, 2, 3, 4, 5]
+    assert all(sum(r["tasks_per_node"].values()) == 4 for r in records), "a task was dropped"
+    assert [_pool_events(r) for r in records] == [
+        [], [], [("worker_dropped", 3), ("worker_dropped", 2)],
+        [("worker_added", 3), ("worker_added", 4)], [],
+    ]  # fmt: skip
+    assert records[3]["tasks_per_node"] == {ids["head"]: 4}
+    for record in records[4:]:
+        assert record["tasks_per_node"] == {ids["head"]: 2, new_node[0]: 2}
+        assert len(set(record["task_pids"])) == 4
+    _assert_same_weights(out / "checkpoints" / "meta_ckpt_outer_5", node_loss_reference)

@@ -42,7 +42,9 @@ class Runner(Protocol):
 
     num_workers: int
     #: One record per rerun or worker change: ``kind``, ``meta_step``, ``index``, ``attempt``,
-    #: ``worker`` and ``reason``.
+    #: ``worker`` and ``reason``. A worker leaving the pool or coming back (``"worker_dropped"``,
+    #: ``"worker_added"``) concerns no task (``meta_step`` None) and adds ``workers``, the workers
+    #: up afterwards.
     retry_events: list[dict[str, Any]]
 
     def run_batch(

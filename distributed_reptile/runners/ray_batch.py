@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -12,9 +13,11 @@ import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
+from distributed_reptile.ray_pending import WorkersNotStartedError, pending_message
 from distributed_reptile.ray_utils import same_error
 from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import NOT_RETRIED, TaskFailedError
+from distributed_reptile.runners.ray_actors import PoolChange
 from distributed_reptile.runners.ray_transport import WeightsArg
 
 logger = logging.getLogger(__name__)
@@ -25,10 +28,18 @@ class WorkerPool(Protocol):
     :class:`~distributed_reptile.runners.ray_actors.ActorPool`."""
 
     num_workers: int
+    #: What one worker asks of the cluster.
+    bundle: dict[str, float]
+    #: How long a worker started during the run may take to answer (``None``: no limit).
+    start_timeout_s: float | None
 
     @property
     def starting(self) -> Mapping[int, tuple[ray.ObjectRef, float]]:
         """Workers whose new actor has not answered yet: index -> (its ``ready()`` call, since)."""
+        ...
+
+    def ready_workers(self) -> list[int]:
+        """The workers that may be given tasks: in the pool and not starting."""
         ...
 
     def submit(
@@ -46,12 +57,21 @@ class WorkerPool(Protocol):
         """Kill worker ``idx`` for good and start a new actor in its place."""
         ...
 
-    def info_ready(self, idx: int, ref: ray.ObjectRef) -> None:
-        """Worker ``idx``'s ``ready()`` call ``ref`` has answered."""
+    def info_ready(self, idx: int, ref: ray.ObjectRef) -> PoolChange | None:
+        """Worker ``idx``'s ``ready()`` call ``ref`` has answered; a worker back in the pool is
+        returned as a change."""
         ...
 
-    def check_restarted(self, idx: int, pid: int | None) -> str | None:
+    def check_restarted(self, idx: int, pid: int | None, node_id: str | None) -> str | None:
         """Why worker ``idx`` now runs in process ``pid`` (Ray restarted it), or None."""
+        ...
+
+    def seconds_to_check(self) -> float:
+        """Seconds until :meth:`check_cluster` is due (0 or less: due now)."""
+        ...
+
+    def check_cluster(self) -> list[PoolChange]:
+        """Fit the pool to the cluster's live nodes; the workers dropped, one change each."""
         ...
 
 
@@ -62,6 +82,13 @@ class BatchScheduler:
     worker, and at most a window of results is held at once; :meth:`results` hands them over in
     job order. The faults and what each costs are those of
     :class:`~distributed_reptile.runners.ray_runner.RayRunner`.
+
+    Jobs go only to workers known to be up (:meth:`WorkerPool.ready_workers`). At the start of
+    the batch and while it waits, at most every ``CLUSTER_CHECK_EVERY_S`` seconds, the pool is
+    fitted to the cluster (:meth:`WorkerPool.check_cluster`): a call to a worker whose node is
+    gone may never answer nor fail (Ray holds it for a restart that cannot be placed), so the
+    waits end at the next check rather than on an error. The jobs of a dropped worker, queued or
+    running, go back to ``pending`` without counting as failed attempts.
 
     :param pool: the workers.
     :param jobs: the jobs of the batch.
@@ -111,6 +138,8 @@ class BatchScheduler:
         #: Jobs whose result has been taken (each counts once, see :meth:`_first_delivery`).
         self.collected: set[int] = set()
         self.cursor = 0
+        #: Since when no worker has been in the pool (``time.perf_counter()``), or None.
+        self.no_workers_since: float | None = None
 
     @property
     def inflight_jobs(self) -> int:
@@ -119,6 +148,7 @@ class BatchScheduler:
 
     def results(self) -> Iterator[AdaptedResult]:
         """Run the batch; yield one result per job, in job order, as soon as it can be."""
+        self.check_cluster()
         while self.cursor < len(self.order):
             self.submit()
             self.wait_and_collect()
@@ -134,12 +164,13 @@ class BatchScheduler:
         The job the cursor waits for always passes the window: it may be a rerun, and the results
         held in ``done`` behind it cannot be handed over before it.
         """
-        while self.pending:
+        workers = self.pool.ready_workers() if self.pending else []
+        while self.pending and workers:
             job = self.pending[0]
             full = len(self.done) + self.inflight_jobs >= self.window
             if full and job.index != self.order[self.cursor]:
                 break
-            idx = min(range(self.num_workers), key=lambda k: len(self.queues[k]))
+            idx = min(workers, key=lambda k: len(self.queues[k]))
             if len(self.queues[idx]) >= self.pipeline_depth:
                 break
             chunk = self.pending[: self.chunk]
@@ -162,8 +193,14 @@ class BatchScheduler:
         starting = {ref: idx for idx, (ref, _) in self.pool.starting.items()}
         refs = list(self.inflight) + list(starting)
         if not refs:
+            self._wait_for_workers()
             return
-        ready, rest = ray.wait(refs, num_returns=1, timeout=self._next_deadline())
+        self.no_workers_since = None
+        timeout = max(0.0, self.pool.seconds_to_check())
+        deadline = self._next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, deadline)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready and rest:
             # everything else already done, in one call instead of one wait per result
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
@@ -171,7 +208,9 @@ class BatchScheduler:
         for ref in ready:
             if ref in starting:
                 idx = starting[ref]
-                self.pool.info_ready(idx, ref)
+                change = self.pool.info_ready(idx, ref)
+                if change is not None:
+                    self.record_change(change)
                 if self.queues[idx]:
                     self.head_since[idx] = time.perf_counter()
             elif ref in self.inflight:
@@ -180,6 +219,36 @@ class BatchScheduler:
                 self._collect(ref)
         if self.task_timeout_s is not None:
             self._enforce_timeouts()
+        self.check_cluster()
+
+    def check_cluster(self) -> None:
+        """When due, fit the pool to the cluster; the jobs of the workers dropped go back to
+        ``pending`` (not counted as failed attempts)."""
+        if self.pool.seconds_to_check() > 0:
+            return
+        for change in self.pool.check_cluster():
+            self.requeue(self._take_all(change.worker))
+            self.record_change(change)
+
+    def _wait_for_workers(self) -> None:
+        """No worker to wait for: every one was dropped. Look at the cluster again at the next
+        check (workers start again once it has room), for at most ``start_timeout_s``."""
+        now = time.perf_counter()
+        if self.no_workers_since is None:
+            self.no_workers_since = now
+        limit = self.pool.start_timeout_s
+        waited = now - self.no_workers_since
+        if limit is not None and waited >= limit:
+            raise WorkersNotStartedError(
+                pending_message(self.num_workers, self.num_workers, waited, self.pool.bundle)
+                + f" Every worker was dropped and none could start again within "
+                f"worker_start_timeout_s={limit:g}."
+            )
+        pause = max(0.0, self.pool.seconds_to_check())
+        if limit is not None:
+            pause = min(pause, limit - waited)
+        time.sleep(pause)
+        self.check_cluster()
 
     def _next_deadline(self) -> float | None:
         limit = self.task_timeout_s
@@ -247,7 +316,8 @@ class BatchScheduler:
             for job, result in zip(chunk, results, strict=True):
                 result.timings["round_trip"] = now - self.submitted_at.pop(job.index)
                 self.done[job.index] = result
-            restarted = self.pool.check_restarted(idx, results[0].worker.get("pid"))
+            worker = results[0].worker
+            restarted = self.pool.check_restarted(idx, worker.get("pid"), worker.get("node_id"))
             if restarted is not None:
                 attempt = self.failures.get(chunk[0].index, 0) + 1
                 self.record_retry("worker_restarted", chunk[0], attempt, idx, restarted)
@@ -298,9 +368,13 @@ class BatchScheduler:
 
     def _clear_worker(self, idx: int) -> None:
         """Replace worker ``idx``; the jobs queued on it go back to ``pending`` (not counted)."""
-        orphans = [job for ref in list(self.queues[idx]) for job in self._take(ref)[1]]
+        orphans = self._take_all(idx)
         self.pool.replace(idx)
         self.requeue(orphans)
+
+    def _take_all(self, idx: int) -> list[TaskJob]:
+        """Take every call queued on worker ``idx`` out of flight; their jobs."""
+        return [job for ref in list(self.queues[idx]) for job in self._take(ref)[1]]
 
     def _failed(self, job: TaskJob, cause: BaseException, idx: int, kind: str) -> None:
         """Count a failed attempt of ``job``: run it again, or fail the run when retries are out."""
@@ -320,6 +394,22 @@ class BatchScheduler:
         )
         self.requeue([job])
 
+    def record_change(self, change: PoolChange) -> None:
+        """Record a worker that left the pool or came back (``retry_events``, with ``workers``,
+        the workers up afterwards; no task), and say so in one line on stderr."""
+        self.retry_events.append(
+            {
+                "kind": change.kind,
+                "meta_step": None,
+                "index": None,
+                "attempt": 0,
+                "worker": change.worker,
+                "reason": change.reason,
+                "workers": change.workers,
+            }
+        )
+        print(f"distributed_reptile: {change.reason}", file=sys.stderr, flush=True)
+
     def record_retry(self, kind: str, job: TaskJob, attempt: int, idx: int, reason: str) -> None:
         """Append a record of a rerun or worker change to ``retry_events``."""
         self.retry_events.append(
@@ -338,19 +428,26 @@ class BatchScheduler:
         """Leave no task running when the batch ends early (an error, or the consumer stopped).
 
         Waits for the tasks in flight so the next batch does not queue behind them; with a time
-        limit, workers whose tasks do not finish within it are replaced.
+        limit, workers whose tasks do not finish within it are replaced. The cluster is checked
+        meanwhile, as in a batch: the calls of a worker dropped from the pool are not waited for.
         """
-        if not self.inflight:
-            return
-        refs = list(self.inflight)
         limit = self.task_timeout_s
-        if limit is None:
-            ray.wait(refs, num_returns=len(refs))
-            self.inflight.clear()
-            return
-        _, late = ray.wait(
-            refs, num_returns=len(refs), timeout=limit * self.pipeline_depth * self.chunk
+        end = (
+            None
+            if limit is None
+            else time.perf_counter() + limit * self.pipeline_depth * self.chunk
         )
-        for idx in sorted({self.inflight[ref][0] for ref in late}):
-            self.pool.replace(idx)
+        while self.inflight:
+            refs = list(self.inflight)
+            timeout = max(0.0, self.pool.seconds_to_check())
+            if end is not None:
+                timeout = min(timeout, max(0.0, end - time.perf_counter()))
+            ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            for ref in ready:
+                self._take(ref)
+            if late and end is not None and time.perf_counter() >= end:
+                for idx in sorted({self.inflight[ref][0] for ref in late}):
+                    self.pool.replace(idx)
+                break
+            self.check_cluster()
         self.inflight.clear()

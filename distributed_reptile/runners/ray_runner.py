@@ -39,7 +39,16 @@ class RayRunner:
       ``TypeError`` mean bad input and are raised at once);
     * a task that gives no result within ``task_timeout_s`` (counted from when its worker could
       start it) has its worker killed and replaced; it counts as one failed attempt, and the
-      tasks queued behind it run again on the new worker without counting.
+      tasks queued behind it run again on the new worker without counting;
+    * a node lost for good: at most every ``CLUSTER_CHECK_EVERY_S`` seconds the pool looks at the
+      live nodes (``ray.nodes()``). A worker whose node is gone, or whose new actor has not
+      started, and that the live nodes have no room for beside the workers placed on them, is
+      dropped from the pool (one line on stderr and a ``"worker_dropped"`` retry event), and its
+      tasks, queued or running, run on the workers left without counting as failed attempts; one
+      the nodes have room for is left to Ray's restart. A dropped worker is started again when
+      the cluster has free room for it (a node joins), back up to ``num_workers``
+      (``"worker_added"``); one that does not start is dropped again. A worker started during
+      the run that has not answered within ``worker_start_timeout_s`` is dropped too.
 
     The workers are an :class:`~distributed_reptile.runners.ray_actors.ActorPool`; each
     ``run_batch`` call is scheduled by a
@@ -63,7 +72,9 @@ class RayRunner:
         Results, and so the meta weights, do not depend on it.
     :param worker_start_timeout_s: how long the workers may stay pending at start before
         :class:`~distributed_reptile.ray_pending.WorkersNotStartedError` (``None``: no limit);
-        what is pending is reported every 15 s meanwhile.
+        what is pending is reported every 15 s meanwhile. During the run, how long a new worker
+        may take to start before it is dropped, and how long a run whose workers were all
+        dropped waits for room before the same error.
     """
 
     def __init__(
@@ -85,8 +96,9 @@ class RayRunner:
         self.task_retries = check_task_retries(task_retries)
         self.task_timeout_s = check_task_timeout(task_timeout_s)
         #: One record per rerun or worker change: ``kind`` (``"error"``, ``"timeout"``,
-        #: ``"worker_lost"``, ``"result_lost"``, ``"worker_restarted"``), ``meta_step``, ``index``,
-        #: ``attempt``, ``worker`` and ``reason``.
+        #: ``"worker_lost"``, ``"result_lost"``, ``"worker_restarted"``; ``"worker_dropped"`` and
+        #: ``"worker_added"`` when the pool shrinks or grows, with ``workers``, the workers up after,
+        #: and no task), ``meta_step``, ``index``, ``attempt``, ``worker`` and ``reason``.
         self.retry_events: list[dict[str, Any]] = []
         self._pool = ActorPool(
             learner_factory,
@@ -112,6 +124,11 @@ class RayRunner:
         """What each worker said about itself (``pid``, ``hostname``, ``torch_threads``,
         ``node_id``, ``resources``), refreshed at the end of a batch after a restart."""
         return self._pool.worker_info
+
+    @property
+    def workers_active(self) -> int:
+        """Workers up now: ``num_workers`` less those dropped (a lost node) or still starting."""
+        return self._pool.workers_active
 
     @property
     def replacements(self) -> int:
