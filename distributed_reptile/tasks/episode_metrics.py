@@ -46,6 +46,12 @@ class EpisodeMetrics(gym.Wrapper):
         self.metrics = dict(metrics)
         self._values: dict[str, list[float]] = {name: [] for name in self.metrics}
 
+    @property
+    def _max_episode_steps(self) -> Any:
+        """The wrapped ``TimeLimit``'s episode length (gymnasium's wrappers do not forward private
+        attributes, and code that reads a family's horizon from it keeps working)."""
+        return getattr(self.env, "_max_episode_steps", None)
+
     def reset(self, **kwargs: Any) -> Any:
         self._values = {name: [] for name in self.metrics}
         return self.env.reset(**kwargs)
