@@ -8,7 +8,15 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+)
 
 from distributed_reptile.imports import resolve_import_path
 from distributed_reptile.settings import SB3_METHODS, is_sb3_like
@@ -55,6 +63,8 @@ class TaskGeneratorParams(Strict):
     generator_seed: int | None = None
     revisit_weight_fn: ImportPath | None = None
     history: bool = True
+    #: the most past tasks kept for revisits (``null``: all); as ``TaskGenerator``'s default
+    history_size: PositiveInt | None = 10_000
 
 
 # ---------------------------------------------------------------------- checks

@@ -201,3 +201,112 @@ def test_rollback_without_mark_is_refused():
     gen.mark()
     with pytest.raises(RuntimeError, match="mark"):
         gen.rollback(1)
+
+
+# ---------------------------------------------------------------------- a bounded history
+class _Tiny(gym.Env):
+    observation_space = gym.spaces.Discrete(1)
+    action_space = gym.spaces.Discrete(1)
+
+
+def _tiny_task(random_seed):
+    return _Tiny(), {"goal": random_seed % 97}
+
+
+def _bounded(size, **extra):
+    params = {
+        "task_callable": _tiny_task,
+        "revisit_ratio": 0.5,
+        "generator_seed": 11,
+        "history_size": size,
+    }
+    return TaskGenerator(**{**params, **extra})
+
+
+@pytest.mark.parametrize("sampling_method", ["random", "cyclic"])
+def test_a_bounded_history_revisits_only_its_newest_tasks(sampling_method):
+    gen = _bounded(5, sampling_method=sampling_method)
+    new_seeds: list[int] = []
+    revisits = 0
+    for m in range(400):
+        d = gen.sample_spec(m).describe()
+        if d["revisit"]:
+            revisits += 1
+            assert d["random_seed"] in new_seeds[-5:]
+        else:
+            new_seeds.append(d["random_seed"])
+    assert revisits > 100
+    assert [r["seed"] for r in gen.selected_tasks] == new_seeds[-5:]
+    assert len(gen.state_dict()["selected_tasks"]) == 5
+
+
+def test_a_bounded_history_draws_what_an_unbounded_one_does_until_it_is_full():
+    a, b = _bounded(300), _bounded(None)
+    assert _draw(a, range(250)) == _draw(b, range(250))  # fewer than 300 new tasks: no drop
+    assert a.state_dict() == b.state_dict()
+
+
+def test_a_bounded_history_keeps_memory_and_state_flat():
+    gen = _bounded(20)
+    sizes = []
+    for m in range(4000):
+        if m % 7 == 0:
+            gen.mark()
+        gen.sample_spec(m)
+        if m % 7 == 3:
+            gen.release_marks()
+        sizes.append(len(gen._records))
+    assert max(sizes) <= 2 * 20 + 10
+    assert len(gen.state_dict()["selected_tasks"]) == 20
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_bounded_history_rolls_back_and_restores_as_if_nothing_was_drawn_ahead(seed):
+    """Random marks, draws ahead, rollbacks, releases, state reads and restores: the tasks drawn
+    and the state equal those of a generator that drew the same steps straight."""
+    import random
+
+    rng = random.Random(seed)
+    method = ["random", "cyclic"][seed % 2]
+    straight, gen = _bounded(6, sampling_method=method), _bounded(6, sampling_method=method)
+    expected = _draw(straight, range(600))
+    got: list[dict] = []
+    while len(got) < 600:
+        step = len(got)
+        ahead = []
+        for i in range(min(rng.randint(1, 4), 600 - step)):  # draw ahead, a mark per step
+            gen.mark()
+            ahead.append(gen.sample_spec(step + i).describe())
+        keep = rng.randint(0, len(ahead))  # the steps used; the rest are undone
+        if keep < len(ahead):
+            state = gen.state_dict_at(keep)
+            gen.rollback(keep)
+            assert gen.state_dict() == state
+        gen.release_marks()
+        got += ahead[:keep]
+    assert got == expected
+    assert gen.state_dict() == straight.state_dict()
+    restored = _bounded(6, sampling_method=["random", "cyclic"][seed % 2])
+    restored.load_state_dict(gen.state_dict())
+    assert _draw(restored, range(600, 650)) == _draw(straight, range(600, 650))
+
+
+def test_an_unbounded_state_loads_into_a_bounded_history_as_its_newest_tasks():
+    big = _bounded(None)
+    _draw(big, range(100))
+    small = _bounded(10)
+    small.load_state_dict(big.state_dict())
+    assert small.selected_tasks == big.selected_tasks[-10:]
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_a_bad_history_size_is_refused(size):
+    with pytest.raises(ValueError, match="history_size"):
+        _bounded(size)
+
+
+def test_the_config_default_is_the_generators():
+    from distributed_reptile.config_checks import TaskGeneratorParams
+    from distributed_reptile.tasks.generator import DEFAULT_HISTORY_SIZE
+
+    assert TaskGeneratorParams().history_size == DEFAULT_HISTORY_SIZE

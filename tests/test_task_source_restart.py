@@ -69,8 +69,21 @@ class KillTaskSource(MetaCallback):
         import ray
 
         assert self.trainer is not None
-        ray.kill(ray.get_actor(self.trainer.task_source.name))
+        actor = ray.get_actor(self.trainer.task_source.name)
+        ray.kill(actor)
         self.kills += 1
+        # ray.kill returns before the actor is gone: wait until a call fails, so the next draw
+        # meets a dead actor whatever the machine's load
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor.__ray_ready__.remote(), timeout=5)
+            except ray.exceptions.RayActorError:
+                return
+            except ray.exceptions.GetTimeoutError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the killed task-source actor still answers after 30 s")
 
     def _on_outer_step_start(self, outer_step: int) -> None:
         if outer_step in self.before:

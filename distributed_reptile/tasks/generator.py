@@ -17,6 +17,9 @@ RevisitWeightFn = Callable[[list[dict[str, Any]]], Sequence[float]]
 
 SAMPLING_METHODS = ("cyclic", "random", "weighted")
 _MAX_TASK_SEED = 2**31 - 1
+#: Past tasks a callable-mode generator keeps for revisits unless told otherwise (a record is
+#: about 0.8 KB in memory and 70 bytes pickled).
+DEFAULT_HISTORY_SIZE = 10_000
 
 
 def accepts_named_arg(func: Callable[..., Any], name: str) -> bool:
@@ -52,6 +55,9 @@ class TaskGenerator:
         fills it from its own ``seed`` when you leave it out).
     :param revisit_weight_fn: ``history -> weights`` for weighted revisits.
     :param history: keep a history of sampled tasks (``False`` disables revisits).
+    :param history_size: the most past tasks the history keeps (the newest; older ones are no
+        longer revisited), so a long run's memory stays bounded; ``None`` keeps every task.
+        Runs that draw fewer new tasks than this draw the same tasks as with ``None``.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class TaskGenerator:
         generator_seed: int | None = None,
         revisit_weight_fn: RevisitWeightFn | None = None,
         history: bool = True,
+        history_size: int | None = DEFAULT_HISTORY_SIZE,
     ) -> None:
         if (tasks is None) == (task_callable is None):
             raise ValueError(
@@ -103,6 +110,13 @@ class TaskGenerator:
                 )
         if not 0.0 <= revisit_ratio <= 1.0:
             raise ValueError(f"revisit_ratio must lie in [0, 1], got {revisit_ratio}.")
+        if history_size is not None and (
+            isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1
+        ):
+            raise ValueError(
+                f"history_size must be a positive whole number of tasks (or None to keep every "
+                f"task), got {history_size!r}."
+            )
 
         self.tasks = tasks
         self.task_callable = task_callable
@@ -116,18 +130,51 @@ class TaskGenerator:
         self.generator_seed = generator_seed
         self.revisit_weight_fn = revisit_weight_fn
         self.history = bool(history)
+        self.history_size = history_size
 
         self._rng = np.random.default_rng(generator_seed)
         self.revisit_counter = 0
-        self.selected_tasks: list[dict[str, Any]] = []
-        # one (rng state, history length, revisit counter, history indices revisited since) per
-        # mark()
+        # The history: the records of the tasks drawn since the last reset, of which the newest
+        # ``history_size`` are revisited (the window). ``_records`` holds the window and, while
+        # marks are held, what their windows need; ``_offset`` is the position (tasks drawn since
+        # the reset) of ``_records[0]``. Marks and revisit lists use those positions, which trims
+        # of the front do not move.
+        self._records: list[dict[str, Any]] = []
+        self._offset = 0
+        # one (rng state, history length, revisit counter, positions revisited since) per mark()
         self._marks: list[tuple[dict[str, Any], int, int, list[int]]] = []
+
+    @property
+    def selected_tasks(self) -> list[dict[str, Any]]:
+        """The tasks revisits choose from, oldest first: ``{seed, first_meta_step, meta_steps,
+        task_info}`` per task (the newest ``history_size`` drawn since the last reset)."""
+        return self._records[self._window_start(self._length()) - self._offset :]
+
+    def _length(self) -> int:
+        """Tasks drawn since the last reset (the history's length were nothing dropped)."""
+        return self._offset + len(self._records)
+
+    def _window_start(self, length: int) -> int:
+        """Position of the oldest record revisits choose from when ``length`` tasks were drawn."""
+        return 0 if self.history_size is None else max(0, length - self.history_size)
+
+    def _trim(self) -> None:
+        """Drop the records no window needs any more: neither the current one nor a held mark's
+        (a rollback restores a mark's window). Done in batches of ``history_size`` records, so
+        the cost per task stays constant."""
+        if self.history_size is None:
+            return
+        oldest = self._marks[0][1] if self._marks else self._length()
+        drop = self._window_start(oldest) - self._offset
+        if drop >= self.history_size:
+            del self._records[:drop]
+            self._offset += drop
 
     # ------------------------------------------------------------------ protocol
     def reset_history(self) -> None:
         """Forget past tasks (the RNG stream goes on)."""
-        self.selected_tasks = []
+        self._records = []
+        self._offset = 0
         self.revisit_counter = 0
         self._marks = []
 
@@ -146,13 +193,13 @@ class TaskGenerator:
                 meta_step=meta_step, info=dict(info or {}), origin_meta_step=None, env=env
             )
 
-        can_revisit = self.history and meta_step >= self.revisit_start and bool(self.selected_tasks)
+        can_revisit = self.history and meta_step >= self.revisit_start and self._length() > 0
         if can_revisit and self._rng.random() < self.revisit_ratio:
-            index = self._revisit_index()
-            record = self.selected_tasks[index]
+            position = self._window_start(self._length()) + self._revisit_index()
+            record = self._records[position - self._offset]
             record["meta_steps"].append(meta_step)
             if self._marks:
-                self._marks[-1][3].append(index)
+                self._marks[-1][3].append(position)
             return self._callable_spec(
                 meta_step,
                 record["seed"],
@@ -165,7 +212,7 @@ class TaskGenerator:
             seed = int(self._rng.integers(0, _MAX_TASK_SEED))
         info = self._task_info(seed)
         if self.history:
-            self.selected_tasks.append(
+            self._records.append(
                 {
                     "seed": seed,
                     "first_meta_step": meta_step,
@@ -173,6 +220,7 @@ class TaskGenerator:
                     "task_info": info,
                 }
             )
+            self._trim()
         return self._callable_spec(meta_step, seed, info, meta_step, revisit=False)
 
     # ------------------------------------------------------------------ state
@@ -186,7 +234,9 @@ class TaskGenerator:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._rng.bit_generator.state = copy.deepcopy(state["rng"])
-        self.selected_tasks = copy.deepcopy(state["selected_tasks"])
+        records = copy.deepcopy(state["selected_tasks"])
+        start = self._window_start(len(records))
+        self._records, self._offset = records[start:], start
         self.revisit_counter = int(state["revisit_counter"])
         self._marks = []
 
@@ -194,15 +244,16 @@ class TaskGenerator:
         """Remember the current state, so :meth:`rollback` can undo the draws made after it.
 
         Marks stack up (one per outer step drawn ahead); each is cheap whatever the history's
-        length: the history only grows between a mark and a rollback, so its length and the
-        records revisited since are enough to restore it.
+        length: the history only grows between a mark and a rollback (records a mark's window
+        needs are kept while it is held), so its length and the records revisited since are
+        enough to restore it.
 
         :return: the mark's position, for :meth:`rollback`.
         """
         self._marks.append(
             (
                 copy.deepcopy(dict(self._rng.bit_generator.state)),
-                len(self.selected_tasks),
+                self._length(),
                 self.revisit_counter,
                 [],
             )
@@ -213,18 +264,20 @@ class TaskGenerator:
         """Return to the state of mark ``position``, as if the draws since had not happened;
         that mark and the later ones are dropped."""
         rng_state, n_tasks, counter, _ = self._mark_at(position)
-        self._undo_revisits(self.selected_tasks, position, n_tasks)
+        self._undo_revisits(self._records, self._offset, position, n_tasks)
         self._rng.bit_generator.state = rng_state
-        del self.selected_tasks[n_tasks:]
+        del self._records[n_tasks - self._offset :]
         self.revisit_counter = counter
         del self._marks[position:]
+        self._trim()
 
     def state_dict_at(self, position: int) -> dict[str, Any]:
         """What :meth:`state_dict` returned at mark ``position``, without undoing anything (a
         checkpoint taken while later steps are drawn ahead)."""
         rng_state, n_tasks, counter, _ = self._mark_at(position)
-        tasks = copy.deepcopy(self.selected_tasks[:n_tasks])
-        self._undo_revisits(tasks, position, n_tasks)
+        start = self._window_start(n_tasks)
+        tasks = copy.deepcopy(self._records[start - self._offset : n_tasks - self._offset])
+        self._undo_revisits(tasks, start, position, n_tasks)
         return {
             "rng": copy.deepcopy(rng_state),
             "selected_tasks": tasks,
@@ -238,18 +291,21 @@ class TaskGenerator:
             )
         return self._marks[position]
 
-    def _undo_revisits(self, tasks: list[dict[str, Any]], position: int, n_tasks: int) -> None:
-        """Take out of ``tasks`` (the history, or a copy of its first ``n_tasks`` records) the
-        revisits recorded since mark ``position``, newest first (records added since are
-        dropped whole by the caller)."""
+    def _undo_revisits(
+        self, tasks: list[dict[str, Any]], first: int, position: int, n_tasks: int
+    ) -> None:
+        """Take out of ``tasks`` (records from position ``first`` on: the history, or a copy of
+        part of it) the revisits recorded since mark ``position`` of records before ``n_tasks``,
+        newest first (records added since are dropped whole by the caller)."""
         for _, _, _, revisited in reversed(self._marks[position:]):
             for index in reversed(revisited):
-                if index < n_tasks:
-                    tasks[index]["meta_steps"].pop()
+                if first <= index < n_tasks:
+                    tasks[index - first]["meta_steps"].pop()
 
     def release_marks(self) -> None:
         """Keep the draws made since the marks (forget the marks)."""
         self._marks = []
+        self._trim()
 
     # ------------------------------------------------------------------ helpers
     def _static_index(self, meta_step: int) -> int:
@@ -263,7 +319,7 @@ class TaskGenerator:
         return int(self._rng.choice(n, p=weights / weights.sum()))
 
     def _revisit_index(self) -> int:
-        n = len(self.selected_tasks)
+        n = self._length() - self._window_start(self._length())
         self.revisit_counter += 1
         if self.sampling_method == "cyclic":
             return (self.revisit_counter - 1) % n
