@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -36,10 +34,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
+# the interpreter's bin folder (VENV_BIN: ``ray`` and ``distributed-reptile`` come from it) and the
+# namespace helpers are those of the cluster benchmark
+from distributed_reptile.bench.netns import (
+    VENV_BIN,
+    kill_tree,
+    namespace_support,
+    net_ns_inode,
+    pids_in_net_ns,
+)
 
-#: The interpreter's bin folder (a virtualenv's): ``ray`` and ``distributed-reptile`` come from it.
-VENV_BIN = Path(sys.executable).parent
+__all__ = [
+    "DASHBOARD",
+    "FAST_HEALTH_CHECK",
+    "NamespaceCluster",
+    "VENV_BIN",
+    "kill_tree",
+    "namespace_support",
+    "net_ns_inode",
+    "parse_state_list",
+    "pids_in_net_ns",
+]
+
 DASHBOARD = "http://127.0.0.1:8265"
 #: Node failure is detected in about 3 s instead of about a minute (set on the head).
 FAST_HEALTH_CHECK = {
@@ -49,40 +65,6 @@ FAST_HEALTH_CHECK = {
 }
 
 
-def namespace_support() -> str | None:
-    """``None`` when network namespaces can be made here, else the reason they cannot."""
-    for tool in ("unshare", "nsenter", "ip"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed (util-linux / iproute2)"
-    if not (VENV_BIN / "ray").exists():
-        return f"no `ray` executable next to {sys.executable}"
-    try:
-        probe = subprocess.run(
-            ["unshare", "-n", "sh", "-c", "ip link set lo up"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"`unshare -n` failed: {exc}"
-    if probe.returncode != 0:
-        return f"`unshare -n` failed (needs root or CAP_SYS_ADMIN): {probe.stderr.strip()}"
-    return None
-
-
-def net_ns_inode(pid: int) -> int | None:
-    """The inode of ``pid``'s network namespace (``None`` if the process is gone)."""
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino
-    except OSError:
-        return None
-
-
-def pids_in_net_ns(inode: int) -> list[int]:
-    """Every process whose network namespace is ``inode``."""
-    return [p for p in psutil.pids() if net_ns_inode(p) == inode]
-
-
 def parse_state_list(out: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     """The rows printed by ``ray list ... --format json`` (none: Ray prints a sentence instead)."""
     if out.returncode != 0:
@@ -90,25 +72,6 @@ def parse_state_list(out: subprocess.CompletedProcess[str]) -> list[dict[str, An
     if "No resource in the cluster" in out.stdout + out.stderr:
         return []
     return list(json.loads(out.stdout))
-
-
-def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
-    """Send ``sig`` to ``pid`` and all its descendants (children first collected, then signalled).
-
-    :return: the pids signalled.
-    """
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-    for proc in procs:
-        try:
-            proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-    return [p.pid for p in procs]
 
 
 class NamespaceCluster:
@@ -419,7 +382,7 @@ class NamespaceCluster:
 
     def namespace_pids(self) -> list[int]:
         """The processes still in the namespace."""
-        return pids_in_net_ns(self.inode) if self.inode is not None else []
+        return pids_in_net_ns({self.inode}) if self.inode is not None else []
 
     def teardown(self) -> list[int]:
         """Kill every process this cluster started; return those still alive afterwards (none)."""

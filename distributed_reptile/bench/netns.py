@@ -14,6 +14,8 @@ token authentication on with a fresh token), runs commands there, and tears ever
 processes it started: the process tree of each ``ray start --block`` and of each command, then
 anything else still in the namespaces (found by the namespace's inode in ``/proc/<pid>/ns/net``),
 then the holders; a namespace goes away with its last process. It never calls ``ray stop``.
+A worker node can also be killed on its own (:meth:`RayNodes.kill_node`, as a crash would) and a
+fresh one started in its place (:meth:`RayNodes.start_node`).
 """
 
 from __future__ import annotations
@@ -251,6 +253,9 @@ class RayNodes:
     :param workdir: folder of logs and Ray's temp dirs (short: socket paths stay under 107 bytes).
     :param node_resources: custom resources of each worker node (none on the head).
     :param head_object_store: object store bytes of the head; ``node_object_store``: of each node.
+    :param node_cpus: logical CPUs of each worker node; ``head_cpus``: of the head.
+    :param extra_env: more environment of every process started in the namespaces (e.g. Ray's
+        ``RAY_health_check_*`` settings, read by the head's GCS).
     """
 
     def __init__(
@@ -261,6 +266,8 @@ class RayNodes:
         head_object_store: int,
         node_object_store: int,
         node_cpus: int = 1,
+        head_cpus: int = 1,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.net = net
         self.workdir = Path(workdir)
@@ -269,6 +276,8 @@ class RayNodes:
         self.head_object_store = head_object_store
         self.node_object_store = node_object_store
         self.node_cpus = node_cpus
+        self.head_cpus = head_cpus
+        self.extra_env = dict(extra_env or {})
         self.token = secrets.token_hex(32)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
@@ -290,6 +299,7 @@ class RayNodes:
             RAY_USAGE_STATS_ENABLED="0",
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         return env
 
     def log_path(self, name: str) -> Path:
@@ -302,10 +312,12 @@ class RayNodes:
         argv: Sequence[str],
         own_sysfs: bool = False,
         to_log: bool = True,
+        log_file: str | os.PathLike[str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in ``ns`` in its own session (torn down by :meth:`teardown`), output
-        to ``<workdir>/<name>.log`` (``to_log=False``: to this process's output)."""
-        log = open(self.log_path(name), "ab") if to_log else None
+        to ``<workdir>/<name>.log``, or to ``log_file`` (appended to) when given
+        (``to_log=False``: to this process's output)."""
+        log = open(log_file or self.log_path(name), "ab") if to_log else None
         if log is not None:
             self._logs.append(log)
         proc = subprocess.Popen(
@@ -331,7 +343,7 @@ class RayNodes:
         """Start the head, wait until it is up, then every worker node at once; wait for them."""
         self._ray_start(
             "head", self.net.head, self.net.head_ip, "--head", "--port", str(GCS_PORT),
-            "--num-cpus", "1", "--include-dashboard", "false",
+            "--num-cpus", str(self.head_cpus), "--include-dashboard", "false",
             "--object-store-memory", str(self.head_object_store),
         )  # fmt: skip
         self._wait_started(["head"], timeout)
@@ -339,12 +351,34 @@ class RayNodes:
         for k in range(1, self.net.nodes + 1):
             name = f"node{k}"
             names.append(name)
-            self._ray_start(
-                name, self.net.namespace_of(k), self.net.node_ip(k), "--address", self.address,
-                "--num-cpus", str(self.node_cpus), "--resources", json.dumps(self.node_resources),
-                "--object-store-memory", str(self.node_object_store),
-            )  # fmt: skip
+            self._start_node(k, name)
         self._wait_started(names, timeout)
+
+    def _start_node(self, k: int, name: str) -> None:
+        self._ray_start(
+            name, self.net.namespace_of(k), self.net.node_ip(k), "--address", self.address,
+            "--num-cpus", str(self.node_cpus), "--resources", json.dumps(self.node_resources),
+            "--object-store-memory", str(self.node_object_store),
+        )  # fmt: skip
+
+    def start_node(self, k: int, name: str, timeout: float = 180) -> None:
+        """Start worker node ``k`` (1-based) again as ``name`` (a name not used before: its log
+        and temp dir are new), joining the running head; wait until it is up."""
+        if name in self.procs:
+            raise ValueError(f"{name!r} was started already: give the new node another name")
+        self._start_node(k, name)
+        self._wait_started([name], timeout)
+
+    def kill_node(self, name: str) -> list[int]:
+        """SIGKILL node ``name``'s processes at once (its ``ray start --block`` and everything
+        under it: raylet, agents, workers), as a crash would; return the pids signalled."""
+        proc = self.procs[name]
+        pids = kill_tree(proc.pid)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        return pids
 
     def _wait_started(self, names: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
