@@ -145,10 +145,18 @@ class FixedSum:
         self.sums: dict[str, np.ndarray] = {}
         self.bounds: dict[str, int] = {}
         self.peaks: dict[str, float] = {}
+        # Arrays taken from another sum as they were (a read-only view of the object store, say):
+        # never written to; the next addition makes a new array instead of adding in place.
+        self._borrowed: set[str] = set()
         #: Tasks in the sum.
         self.count = 0
         #: Their total weight, as the integer ``sum_i rint(w_i * 2**40)``.
         self.weight = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled from another process, the arrays may be read-only views of the object store
+        self.__dict__.update(state)
+        self._borrowed = set(self.sums)
 
     def add(self, contribution: Contribution, task: str = "") -> None:
         """Add one task's contribution (``task`` names it in error messages)."""
@@ -162,7 +170,9 @@ class FixedSum:
         self._accumulate(parts, peaks, 1, weight, owned=True)
 
     def merge(self, other: FixedSum) -> None:
-        """Add the sum of other tasks (``other`` is left as it was)."""
+        """Add the sum of other tasks (``other`` is left as it was; a sum merged into an empty
+        one shares its arrays until the next addition, which writes new ones: no copy is made
+        of a sum that is only read)."""
         if other.count == 0:
             return
         parts = {n: (s, other.bounds[n]) for n, s in other.sums.items()}
@@ -196,11 +206,16 @@ class FixedSum:
                     f"{self.sums[name].shape} in another."
                 )
         for name, (array, bound) in parts.items():
-            if name in self.sums:
+            if name in self._borrowed:
+                self.sums[name] = np.add(self.sums[name], array)
+                self._borrowed.discard(name)
+            elif name in self.sums:
                 np.add(self.sums[name], array, out=self.sums[name])
             else:
-                # a sum received from another process may be a read-only view: keep a copy
-                self.sums[name] = array if owned else np.array(array, dtype=np.int64)
+                # a sum received from another process may be a read-only view: not written to
+                self.sums[name] = array
+                if not owned:
+                    self._borrowed.add(name)
             self.bounds[name] = self.bounds.get(name, 0) + bound
             self.peaks[name] = max(self.peaks.get(name, 0.0), peaks[name])
         self.count += count
@@ -219,9 +234,13 @@ class FixedSum:
         if self.count == 0 or self.weight == 0:
             raise ValueError("mean() needs at least one task and a nonzero total weight.")
         divisor = self.weight / 2**FRACTION_BITS  # exactly the task count when every weight is 1
-        out = np.asarray(self.sums[name].astype(np.float64))
-        np.divide(out, divisor, out=out)
-        np.ldexp(out, -FRACTION_BITS, out=out)
+        # ``ldexp(float64(sum) / divisor, -40)`` in two passes (a cast, then a division in
+        # place): dividing by ``divisor * 2**40`` (an exact product) rounds to the same bits as
+        # dividing by ``divisor`` then scaling by 2**-40 (a power of two commutes with rounding;
+        # no quotient here comes near the subnormal or overflow ranges)
+        out = np.empty(self.sums[name].shape, dtype=np.float64)
+        out[...] = self.sums[name]
+        np.divide(out, divisor * 2.0**FRACTION_BITS, out=out)
         return out
 
     @property

@@ -84,6 +84,18 @@ def check_tasks_per_call(tasks_per_call: Any) -> int | str:
     return tasks_per_call
 
 
+def check_node_reduction(node_reduction: Any) -> bool | str:
+    """``node_reduction`` as ``True``, ``False`` or ``"auto"``, or a ValueError that names the fix."""
+    if node_reduction == "auto" or isinstance(node_reduction, bool):
+        return node_reduction
+    raise ValueError(
+        "node_reduction must be true (the partial sums of a node's calls are combined on that "
+        "node, then once more, before the driver receives one), false (the driver receives one "
+        f"partial sum per call) or 'auto' (true when the workers sit on several nodes), got "
+        f"{node_reduction!r}."
+    )
+
+
 def check_task_timeout(task_timeout_s: Any) -> float | None:
     """``task_timeout_s`` as a positive float or ``None``, or a ValueError that names the fix."""
     if task_timeout_s is None:
@@ -166,6 +178,7 @@ PositiveInt = Annotated[int, BeforeValidator(_named(check_positive_int))]
 NumWorkers = Annotated[int | Literal["auto"], BeforeValidator(check_num_workers)]
 TaskRetries = Annotated[int, BeforeValidator(check_task_retries)]
 TasksPerCall = Annotated[int | Literal["auto"], BeforeValidator(check_tasks_per_call)]
+NodeReduction = Annotated[bool | Literal["auto"], BeforeValidator(check_node_reduction)]
 TaskTimeout = Annotated[float | None, BeforeValidator(check_task_timeout)]
 Backend = Annotated[str, BeforeValidator(check_backend)]
 #: A mapping of keyword arguments; ``None`` reads as ``{}``.
@@ -205,6 +218,7 @@ class TrainerFields(BaseModel):
     task_retries: TaskRetries = 2
     task_timeout_s: TaskTimeout = None
     tasks_per_call: TasksPerCall = 1
+    node_reduction: NodeReduction = "auto"
     connect_timeout_s: float | None = Field(30.0, gt=0)
     worker_start_timeout_s: float | None = Field(600.0, gt=0)
     ray_init_kwargs: Kwargs = Field(default_factory=dict)
@@ -260,6 +274,13 @@ class TrainerSettings(TrainerFields):
     :param tasks_per_call: tasks sent to a Ray worker in one actor call: ``1`` (default) balances
         the load best; more (or ``"auto"``: the batch split evenly over the workers) saves Ray's
         per-call cost when inner loops take only milliseconds. The meta weights do not depend on it.
+    :param node_reduction: with an algorithm whose ``combine`` is ``"sum"`` (Reptile), combine the
+        partial sums of a node's actor calls on that node, and the nodes' sums on one worker, so
+        the driver receives one int64 sum (8 bytes per parameter) per outer step instead of one
+        per call: ``True``, ``False`` or ``"auto"`` (default: on when the Ray workers sit on more
+        than one node and the sums kept from the driver reach 32 MiB per outer step). Costs one
+        or two more actor calls at the end of each outer step. The meta weights do not depend
+        on it.
     :param connect_timeout_s: time allowed to reach ``ray_address`` before failing (``None``: Ray's own).
     :param worker_start_timeout_s: how long the workers may stay pending (no node can place them
         yet, e.g. a cluster still scaling up) before the run fails with what is missing; a line
@@ -299,6 +320,7 @@ class ExecutionSettings:
     task_retries: int = 2
     task_timeout_s: float | None = None
     tasks_per_call: int | str = 1
+    node_reduction: bool | str = "auto"
     connect_timeout_s: float | None = 30.0
     worker_start_timeout_s: float | None = 600.0
     ray_init_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -330,6 +352,7 @@ __all__ = [
     "ExecutionSettings",
     "TrainerFields",
     "TrainerSettings",
+    "check_node_reduction",
     "check_num_workers",
     "check_positive_int",
     "check_task_retries",

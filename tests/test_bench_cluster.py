@@ -14,7 +14,8 @@ from multinode import namespace_support
 
 from distributed_reptile.bench import build_parser, cli_main
 from distributed_reptile.bench.cluster import plan
-from distributed_reptile.bench.common import parse_int_list
+from distributed_reptile.bench.cluster_driver import MODES
+from distributed_reptile.bench.common import BenchInputError, parse_choice_list, parse_int_list
 
 NO_NAMESPACES = namespace_support()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,20 +37,26 @@ def test_the_default_sweep_skips_what_does_not_fit_and_says_why() -> None:
     args = build_parser().parse_args(["cluster", "--max-step-gib", "12"])
     args.task_list = parse_int_list(args.tasks, "--tasks")
     args.size_list = parse_int_list(args.sizes, "--sizes")
+    args.mode_list = parse_choice_list(args.modes, MODES, "--modes")
     groups, skipped = plan(args)
-    assert len(groups) == 3 * 4 * 2 - 1
+    assert len(groups) == 3 * 4 * 3 - 1
     (skip,) = skipped  # 1024 tasks x 10M parameters, every task's weights to the driver
     assert (skip["mode"], skip["params_target"], skip["batch"]) == ("flat", 10_000_000, 1024)
     assert "41.0 GB" in skip["reason"] and "--max-step-gib" in skip["reason"]
     args.max_work = 3e9  # B x P: a shorter run
     _, skipped = plan(args)
-    assert {(s["mode"], s["batch"]) for s in skipped} == {("flat", 1024), ("reduced", 1024)}
-    assert "--max-work" in next(s for s in skipped if s["mode"] == "reduced")["reason"]
+    assert {(s["mode"], s["batch"]) for s in skipped} == {
+        ("flat", 1024), ("reduced", 1024), ("node", 1024)
+    }  # fmt: skip
+    assert "--max-work" in next(s for s in skipped if s["mode"] == "node")["reason"]
+    assert parse_choice_list("node, flat", MODES, "--modes") == ["flat", "node"]
+    with pytest.raises(BenchInputError, match="--modes takes"):
+        parse_choice_list("flat,nodes", MODES, "--modes")
 
 
 @pytest.mark.multinode
 @pytest.mark.skipif(NO_NAMESPACES is not None, reason=f"needs network namespaces: {NO_NAMESPACES}")
-def test_cluster_benchmark_runs_both_modes_and_leaves_nothing(tmp_path: Path) -> None:
+def test_cluster_benchmark_runs_every_mode_and_leaves_nothing(tmp_path: Path) -> None:
     argv = ["cluster", "--output", str(tmp_path), "--nodes", "2", "--workers-per-node", "1"]
     argv += ["--tasks", "4,8", "--sizes", "1e4", "--sleep", "0.05", "--outer-steps", "2"]
     assert cli_main(argv) == 0
@@ -70,7 +77,7 @@ def test_cluster_benchmark_runs_both_modes_and_leaves_nothing(tmp_path: Path) ->
 
     results = report["results"]
     assert sorted((r["mode"], r["batch"]) for r in results) == [
-        ("flat", 4), ("flat", 8), ("reduced", 4), ("reduced", 8)
+        ("flat", 4), ("flat", 8), ("node", 4), ("node", 8), ("reduced", 4), ("reduced", 8)
     ]  # fmt: skip
     for r in results:
         assert 9_000 <= r["parameters"] <= 11_000
@@ -86,7 +93,7 @@ def test_cluster_benchmark_runs_both_modes_and_leaves_nothing(tmp_path: Path) ->
             assert sum(step["tasks_per_node"].values()) == r["batch"]
             if per_node:
                 assert set(step["nodes"]) == {"node1", "node2"}
-                # the tasks' weights (flat) or the partial sums (reduced) came in
+                # the tasks' weights (flat) or the partial sums (reduced, node) came in
                 assert step["driver_node_in_bytes"] >= r["parameters"] * 4
         if per_node:
             assert r["driver_node_in_bytes"]["median"] > 0
@@ -95,9 +102,20 @@ def test_cluster_benchmark_runs_both_modes_and_leaves_nothing(tmp_path: Path) ->
     flat8 = next(r for r in results if r["mode"] == "flat" and r["batch"] == 8)
     if per_node:  # every task's float32 weights reached the driver's node
         assert flat8["driver_node_in_bytes"]["median"] >= 8 * flat8["parameters"] * 4
+        # one sum per outer step instead of one per call (two calls here)
+        node8, reduced8 = (
+            next(r for r in results if r["mode"] == m and r["batch"] == 8)["driver_node_in_bytes"]
+            for m in ("node", "reduced")
+        )
+        assert node8["median"] < reduced8["median"]
 
     assert report["weights_identical"] is True
-    assert len(report["weights_check"]["pairs"]) == 2
+    pairs = report["weights_check"]["pairs"]
+    assert (
+        sorted(tuple(p["modes"]) for p in pairs)
+        == [("flat", "node")] * 2 + [("flat", "reduced")] * 2
+    )
+    assert set(report["settings"]["modes"]) == {"flat", "reduced", "node"}
     names = {t["name"] for t in report["targets"]}
     assert {"bytes_p10000_b4", "cpu_b1024_p10k", "cpu_b64_p10m"} <= names
     for t in report["targets"]:

@@ -149,7 +149,9 @@ def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
     short_dir: Path, job_dir: Path, tmp_path: Path
 ) -> None:
     """The second node is killed mid-run; its worker comes back on the head and the run ends
-    with the weights of a serial run.
+    with the weights of a serial run. The partial sums are combined on the nodes
+    (``node_reduction=true``, also once one node is left): the sums kept on the lost node are
+    made again by rerunning their tasks.
 
     Ray puts an actor that asks for no resources, as the run's task source does, on a random
     node, and the task source does not survive its node. So that it is on the head (the driver's
@@ -165,7 +167,8 @@ def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
     try:
         cluster.start_head()
         holder = cluster.hold_head_cpus(1)
-        submit = cluster.submit(_train_entrypoint(out, *overrides), job_dir, "node_loss")
+        entrypoint = _train_entrypoint(out, *overrides, "node_reduction=true")
+        submit = cluster.submit(entrypoint, job_dir, "node_loss")
         source_node = cluster.wait_for_actor("TaskSource", submit)
         cluster.start_second_node()
         ids = cluster.node_ids()
@@ -196,7 +199,8 @@ def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
     assert after, "the node was lost too late to see training continue without it"
     assert all(set(r["tasks_per_node"]) == {ids["head"]} for r in after)
     assert Path(summary["last_checkpoint"]).name == f"meta_ckpt_outer_{outer_steps}"
-    # the lost tasks were run again, not dropped: the weights equal a serial run's, bit for bit
+    # the lost tasks (and the tasks whose sums were lost) were run again, not dropped: the
+    # weights equal a serial run's, bit for bit
     serial = tmp_path / "serial"
     _train_serial(serial, ["backend=serial", *overrides])
     _assert_same_weights(
@@ -290,53 +294,14 @@ def _kill_second_node_while_held(
 
 
 @pytest.mark.slow
-def test_run_goes_on_with_the_workers_left_when_a_node_is_lost_for_good(
-    short_dir: Path, job_dir: Path, tmp_path: Path, node_loss_reference: Path
-) -> None:
-    """Ray's default health checks and no spare CPU: the lost node's workers can be neither
-    restarted nor replaced. They are dropped, their tasks rerun on the head's two workers, and the
-    run ends with a serial run's weights."""
-    out = tmp_path / "run"
-    (hold,) = _gated_job(job_dir, {2: tmp_path / "hold_step3"})
-    cluster = NamespaceCluster(short_dir, head_cpus=2, worker_cpus=2)
-    try:
-        cluster.start()
-        ids = cluster.node_ids()
-        submit = cluster.submit(_node_loss_entrypoint(out), job_dir, "lost_for_good")
-        detection = _kill_second_node_while_held(cluster, hold, submit, "lost_for_good")
-        print(f"workers of the killed node dropped {detection:.1f} s after the kill")
-        _wait_job(cluster, submit, "lost_for_good", timeout=300)
-        log = cluster.job_log("lost_for_good")
-    finally:
-        left = cluster.teardown()
-    assert left == [], f"processes left in the namespace: {left}"
-
-    lines = [line for line in log.splitlines() if " dropped: " in line]
-    assert len(lines) == 2
-    assert "Each worker asks for 1 CPU; the live nodes have 2 CPU in all" in lines[0]
-    assert "Running on with 2 of 4 workers" in lines[1]
-    records = _records(out)
-    assert [r["outer_step"] for r in records] == [1, 2, 3, 4, 5]
-    assert all(sum(r["tasks_per_node"].values()) == 4 for r in records), "a task was dropped"
-    both = {ids["head"]: 2, ids["second"]: 2}
-    assert [r["tasks_per_node"] for r in records[:2]] == [both, both]
-    assert [_pool_events(r) for r in records] == [
-        [], [], [("worker_dropped", 3), ("worker_dropped", 2)], [], [],
-    ]  # fmt: skip
-    # the held tasks of the lost node's workers ran again on the head; then two workers are left
-    assert records[2]["tasks_per_node"] == {ids["head"]: 4}
-    for record in records[3:]:
-        assert record["tasks_per_node"] == {ids["head"]: 4}
-        assert len(set(record["task_pids"])) == 2
-    _assert_same_weights(out / "checkpoints" / "meta_ckpt_outer_5", node_loss_reference)
-
-
-@pytest.mark.slow
 def test_pool_grows_back_when_a_node_joins_after_one_was_lost(
     short_dir: Path, job_dir: Path, tmp_path: Path, node_loss_reference: Path
 ) -> None:
-    """As above, then a new second node joins while step 4 is held: the two dropped workers
-    start on it, and the last steps run on both nodes again, with a serial run's weights."""
+    """Ray's default health checks and no spare CPU: the lost node's workers can be neither
+    restarted nor replaced. They are dropped (one line each), their tasks rerun on the head's two
+    workers, and step 4 runs on those two. Then a new second node joins while step 4 is held: the
+    two dropped workers start on it, and the last step runs on both nodes again. The weights are a
+    serial run's."""
     out = tmp_path / "run"
     hold3, hold4 = _gated_job(job_dir, {2: tmp_path / "hold_step3", 3: tmp_path / "hold_step4"})
     cluster = NamespaceCluster(short_dir, head_cpus=2, worker_cpus=2)
@@ -354,19 +319,29 @@ def test_pool_grows_back_when_a_node_joins_after_one_was_lost(
         new_node = [n["node_id"] for n in cluster.alive_nodes() if n["node_id"] != ids["head"]]
         hold4.unlink()
         _wait_job(cluster, submit, "node_back", timeout=300)
+        log = cluster.job_log("node_back")
     finally:
         left = cluster.teardown()
     assert left == [], f"processes left in the namespace: {left}"
 
     assert len(new_node) == 1 and new_node[0] != ids["second"]
+    lines = [line for line in log.splitlines() if " dropped: " in line]
+    assert len(lines) == 2
+    assert "Each worker asks for 1 CPU; the live nodes have 2 CPU in all" in lines[0]
+    assert "Running on with 2 of 4 workers" in lines[1]
     records = _records(out)
     assert [r["outer_step"] for r in records] == [1, 2, 3, 4, 5]
     assert all(sum(r["tasks_per_node"].values()) == 4 for r in records), "a task was dropped"
+    both = {ids["head"]: 2, ids["second"]: 2}
+    assert [r["tasks_per_node"] for r in records[:2]] == [both, both]
     assert [_pool_events(r) for r in records] == [
         [], [], [("worker_dropped", 3), ("worker_dropped", 2)],
         [("worker_added", 3), ("worker_added", 4)], [],
     ]  # fmt: skip
+    # the held tasks of the lost node's workers ran again on the head; step 4 on its two workers
+    assert records[2]["tasks_per_node"] == {ids["head"]: 4}
     assert records[3]["tasks_per_node"] == {ids["head"]: 4}
+    assert len(set(records[3]["task_pids"])) == 2
     for record in records[4:]:
         assert record["tasks_per_node"] == {ids["head"]: 2, new_node[0]: 2}
         assert len(set(record["task_pids"])) == 4

@@ -9,17 +9,20 @@ time and returns the meta weights shifted by a constant drawn from the task's se
 parameters. ``--workers-per-node`` learner workers (0.01 CPU each) sit on every worker node
 (custom resource ``bench_worker``), none on the head.
 
-Two modes side by side, per ``P`` and ``B`` (tasks per outer step):
+Three modes side by side (``--modes`` picks some), per ``P`` and ``B`` (tasks per outer step):
 
 * ``flat``: :class:`~distributed_reptile.bench.cluster_driver.FlatReptile` (``combine = "all"``): every task's adapted weights go to the
   driver, which sums them exactly itself;
-* ``reduced``: ``ReptileMetaRL`` (``combine = "sum"``, ``tasks_per_call="auto"``): each actor call
-  sends one int64 partial sum.
+* ``reduced``: ``ReptileMetaRL`` (``combine = "sum"``, ``tasks_per_call="auto"``,
+  ``node_reduction=False``): each actor call sends one int64 partial sum;
+* ``node``: the same with ``node_reduction=True`` (what ``"auto"`` picks on several nodes): the
+  calls keep their sums on their nodes, which combine them, and one sum reaches the driver.
 
 Per outer step: driver CPU seconds (``time.process_time``), bytes into and out of the driver's
 node (the bridge's counters) and per node (its veth's), step time beyond the sleep, peak driver
-RSS. Each ``(P, B)`` starts from the same meta weights in both modes, and the two modes' meta
-weights after it are compared bit for bit.
+RSS. Each ``(P, B)`` starts from the same meta weights in every mode, and the modes' meta weights
+after it are compared bit for bit. The issue's targets are read on ``node`` (``reduced`` when
+``node`` is not run).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from distributed_reptile.bench.common import (
     CpuMeter,
     Target,
     new_report,
+    parse_choice_list,
     parse_int_list,
     print_table,
     summarize,
@@ -68,7 +72,7 @@ def plan(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str,
     """The ``(mode, P, B)`` groups to run, and those skipped with the reason."""
     groups, skipped = [], []
     for size in args.size_list:
-        for mode in MODES:
+        for mode in args.mode_list:
             for batch in args.task_list:
                 entry = {"mode": mode, "params_target": size, "batch": batch}
                 reason = _skip_reason(mode, size, batch, args)
@@ -103,6 +107,7 @@ def _skip_reason(mode: str, size: int, batch: int, args: argparse.Namespace) -> 
 def _check(args: argparse.Namespace) -> None:
     args.task_list = parse_int_list(args.tasks, "--tasks")
     args.size_list = parse_int_list(args.sizes, "--sizes")
+    args.mode_list = parse_choice_list(args.modes, MODES, "--modes")
     for name in ("nodes", "workers_per_node", "outer_steps"):
         if getattr(args, name) <= 0:
             raise BenchInputError(
@@ -146,10 +151,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": "one outer step per trainer, before its first B; every (P, B) then starts "
         "from the same meta weights (outer step 0, task seeds from meta steps) in both modes",
         "modes": {
-            "flat": f"FlatReptile (combine='all'), tasks_per_call={args.flat_tasks_per_call}: "
-            "every task's float32 weights to the driver, which sums them exactly",
-            "reduced": "ReptileMetaRL (combine='sum'), tasks_per_call='auto': one int64 partial "
-            "sum per actor call",
+            mode: text
+            for mode, text in {
+                "flat": f"FlatReptile (combine='all'), tasks_per_call={args.flat_tasks_per_call}: "
+                "every task's float32 weights to the driver, which sums them exactly",
+                "reduced": "ReptileMetaRL (combine='sum'), tasks_per_call='auto', "
+                "node_reduction=False: one int64 partial sum per actor call to the driver",
+                "node": "ReptileMetaRL (combine='sum'), tasks_per_call='auto', "
+                "node_reduction=True: the calls' sums combined on their nodes, then on one "
+                "worker; one int64 sum per outer step to the driver",
+            }.items()
+            if mode in args.mode_list
         },
         "learner": "ShiftLearner: sleeps, returns the meta weights plus a constant from the "
         "task's seed; builds no env and no model",
@@ -203,6 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "nodes": args.nodes, "workers": workers, "sizes": args.size_list, "groups": groups,
             "sleep": args.sleep, "worker_cpus": args.worker_cpus, "outer_steps": args.outer_steps,
             "flat_tasks_per_call": args.flat_tasks_per_call, "seed": args.seed,
+            "modes": args.mode_list,
             "raw_path": str(raw_path),
         }  # fmt: skip
         spec_path = workdir / "spec.json"
@@ -246,9 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report.update(_weights_check(raw.get("groups", [])))
     _print(report["results"], skipped)
     same = {True: "yes", False: "NO", None: "not checked"}[report["weights_identical"]]
-    print(
-        f"weights identical, flat and reduced: {same} ({len(report['weights_check']['pairs'])} (P, B))"
-    )
+    pairs = report["weights_check"]["pairs"]
+    print(f"weights identical across modes: {same} ({len(pairs)} pairs of runs)")
     write_report(args.out_dir, report, _targets(report, args), lambda fig: plot(fig, report))
     return report
 
@@ -288,59 +300,67 @@ def _summarize(group: dict[str, Any], args: argparse.Namespace, workers: int) ->
 
 
 def _weights_check(groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """Whether both modes reached the same meta weights for every ``(P, B)`` both ran."""
-    digests = {(g["params_target"], g["batch"], g["mode"]): g["digest"] for g in groups}
-    pairs = [
-        {"params_target": p, "batch": b, "identical": d == digests[(p, b, "reduced")],
-         "flat_sha256": d, "reduced_sha256": digests[(p, b, "reduced")]}
-        for (p, b, m), d in digests.items()
-        if m == "flat" and (p, b, "reduced") in digests
-    ]  # fmt: skip
+    """Whether every mode reached the same meta weights for each ``(P, B)``: each mode against
+    the first of :data:`MODES` that ran it."""
+    digests: dict[tuple[int, int], dict[str, str]] = {}
+    for g in groups:
+        digests.setdefault((g["params_target"], g["batch"]), {})[g["mode"]] = g["digest"]
+    pairs = []
+    for (p, b), by_mode in digests.items():
+        modes = [m for m in MODES if m in by_mode]
+        for mode in modes[1:]:
+            pairs.append(
+                {"params_target": p, "batch": b, "modes": [modes[0], mode],
+                 "identical": by_mode[mode] == by_mode[modes[0]],
+                 "sha256": {modes[0]: by_mode[modes[0]], mode: by_mode[mode]}}
+            )  # fmt: skip
     return {
         "weights_identical": all(x["identical"] for x in pairs) if pairs else None,
         "weights_check": {
             "how": "sha256 of the meta policy's state_dict after the measured outer steps of each "
-            "(P, B); both modes start them from the same meta weights and draw the same tasks",
+            "(P, B); every mode starts them from the same meta weights and draws the same tasks",
             "pairs": pairs,
         },
     }
 
 
 def _targets(report: dict[str, Any], args: argparse.Namespace) -> list[Target]:
-    """The issue's targets, on the reduced mode (``ReptileMetaRL``'s own path)."""
+    """The issue's targets, on ``ReptileMetaRL``'s own path on several nodes: the ``node`` mode
+    (what ``node_reduction="auto"`` picks there), or ``reduced`` when ``node`` was not run."""
     res = {(r["mode"], r["params_target"], r["batch"]): r for r in report["results"]}
     stats = report["stats_bytes_per_task"] or 0
+    mode = "node" if "node" in args.mode_list else "reduced"
 
-    def reduced(size: int, batch: int, key: str) -> float | None:
-        r = res.get(("reduced", size, batch))
+    def measured(size: int, batch: int, key: str) -> float | None:
+        r = res.get((mode, size, batch))
         return r[key]["median"] if r is not None and key in r else None
 
     targets = []
     for size in args.size_list:
         for batch in args.task_list:
-            r = res.get(("reduced", size, batch))
+            r = res.get((mode, size, batch))
             params = r["parameters"] if r is not None else size
             targets.append(
                 Target(
                     f"bytes_p{size}_b{batch}",
-                    f"reduced, P={params:,}, B={batch}: bytes into the driver's node per outer "
+                    f"{mode}, P={params:,}, B={batch}: bytes into the driver's node per outer "
                     f"step (median) <= (nodes + 1) x P x 4 + B x {stats} bytes of task statistics",
-                    reduced(size, batch, "driver_node_in_bytes"),
+                    measured(size, batch, "driver_node_in_bytes"),
                     "<=",
                     (args.nodes + 1) * params * 4 + batch * stats,
                     "bytes",
                 )
             )
-    targets.append(Target("cpu_b1024_p10k", "reduced, B=1024, P=10k: driver CPU per outer step "
-                          "(median)", reduced(10_000, 1024, "driver_cpu_seconds"), "<=", 0.25, "s"))  # fmt: skip
-    targets.append(Target("cpu_b64_p10m", "reduced, B=64, P=10M: driver CPU per outer step "
-                          "(median)", reduced(10_000_000, 64, "driver_cpu_seconds"), "<=", 0.2, "s"))  # fmt: skip
+    targets.append(Target("cpu_b1024_p10k", f"{mode}, B=1024, P=10k: driver CPU per outer step "
+                          "(median)", measured(10_000, 1024, "driver_cpu_seconds"), "<=", 0.25, "s"))  # fmt: skip
+    targets.append(Target("cpu_b64_p10m", f"{mode}, B=64, P=10M: driver CPU per outer step "
+                          "(median)", measured(10_000_000, 64, "driver_cpu_seconds"), "<=", 0.2, "s"))  # fmt: skip
     for size in args.size_list:
         targets.append(
             Target(
                 f"cpu_per_task_b1024_p{size}",
-                f"reduced, B=1024, P={size:,}: driver CPU per task (median)",
-                reduced(size, 1024, "driver_cpu_per_task_ms"),
+                f"{mode}, B=1024, P={size:,}: driver CPU per task (median)",
+                measured(size, 1024, "driver_cpu_per_task_ms"),
                 "<=",
                 0.2,
                 "ms",
@@ -380,7 +400,7 @@ def plot(fig: Any, report: dict[str, Any]) -> None:
     results = report["results"]
     sizes = sorted({r["params_target"] for r in results})
     colors = {p: f"C{i}" for i, p in enumerate(sizes)}
-    for mode, style in (("flat", "-o"), ("reduced", "--s")):
+    for mode, style in (("flat", "-o"), ("reduced", "--s"), ("node", "-.^")):
         for size in sizes:
             rows = sorted(
                 (r for r in results if r["mode"] == mode and r["params_target"] == size),
@@ -421,6 +441,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers-per-node", type=int, default=2, help="learner workers per node")
     parser.add_argument("--tasks", default="16,64,256,1024", help="tasks per outer step (B)")
     parser.add_argument("--sizes", default="1e4,1e6,1e7", help="policy sizes in parameters (P)")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"modes to run, of {', '.join(MODES)}"
+    )
     parser.add_argument("--sleep", type=float, default=0.02, help="seconds each task sleeps")
     parser.add_argument(
         "--outer-steps", type=int, default=2, help="measured outer steps per (P, B)"

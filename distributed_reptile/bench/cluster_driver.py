@@ -23,7 +23,10 @@ from distributed_reptile.callbacks import MetaCallback
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.weights import NumpyWeights
 
-MODES = ("flat", "reduced")
+#: ``flat``: every task's weights to the driver; ``reduced``: one partial sum per actor call to
+#: the driver (``node_reduction=False``); ``node``: the sums combined on the nodes, one to the
+#: driver per outer step (``node_reduction=True``).
+MODES = ("flat", "reduced", "node")
 
 
 class FlatReptile(ReptileMetaRL):
@@ -225,6 +228,7 @@ def _run_size(
                 inner_loop_params={"sleep_seconds": spec["sleep"]},
                 worker_resources={"num_cpus": spec["worker_cpus"], "bench_worker": 1},
                 tasks_per_call=spec["flat_tasks_per_call"] if mode == "flat" else "auto",
+                node_reduction=mode == "node",
                 verbose=0,
             )
         )

@@ -152,6 +152,20 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def parse_choice_list(text: str, choices: Sequence[str], option: str) -> list[str]:
+    """``"a,c"`` -> ``["a", "c"]``, each one of ``choices``, in the order of ``choices``.
+
+    :param option: the option's name, for the error message.
+    """
+    picked = [part.strip() for part in str(text).split(",") if part.strip()]
+    unknown = [p for p in picked if p not in choices]
+    if unknown or not picked:
+        raise BenchInputError(
+            f"{option} takes a comma-separated list of {', '.join(choices)}; got {text!r}."
+        )
+    return [c for c in choices if c in picked]
+
+
 def parse_int_list(text: str, option: str) -> list[int]:
     """``"1,2,4"`` -> ``[1, 2, 4]`` (positive integers; ``1e4`` is accepted).
 

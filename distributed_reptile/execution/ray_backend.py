@@ -74,6 +74,7 @@ class RayBackend:
             task_retries=s.task_retries,
             task_timeout_s=s.task_timeout_s,
             tasks_per_call=s.tasks_per_call,
+            node_reduction=s.node_reduction,
             worker_start_timeout_s=s.worker_start_timeout_s,
         )
 

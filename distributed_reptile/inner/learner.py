@@ -81,6 +81,12 @@ class AdaptedResult:
     #: ``nonfinite`` names the NaN or infinite adapted weights that kept this task out of it.
     partial: FixedSum | None = None
     nonfinite: list[str] = field(default_factory=list)
+    #: With node reduction (see :class:`~distributed_reptile.runners.ray_runner.RayRunner`), the
+    #: first result of each actor call carries, instead of ``partial``, where the call's partial
+    #: sum was kept on the worker's node (a
+    #: :class:`~distributed_reptile.runners.ray_actors.StoredSum`); the runner takes it off before
+    #: handing the result over.
+    sum_ref: Any = None
 
 
 def _recursive_getattr(obj: Any, dotted: str) -> Any:

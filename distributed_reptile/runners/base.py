@@ -60,7 +60,10 @@ class Runner(Protocol):
         folded into one :class:`~distributed_reptile.reduction.FixedSum` per call of tasks run
         together (:meth:`TaskReducer.reduce <distributed_reptile.reduction.TaskReducer.reduce>`):
         results then carry statistics only, and the first result of each call its partial sum.
-        A call is atomic: a rerun call's sum replaces the lost one, never adds to it.
+        A call is atomic: a rerun call's sum replaces the lost one, never adds to it. A runner
+        may also combine the partial sums where they are (the Ray runner's node reduction) and
+        hand over fewer of them: only the sum of every ``partial`` matters, not which result
+        carries which.
         """
         ...
 

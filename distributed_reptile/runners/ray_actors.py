@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -16,25 +15,14 @@ from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.ray_pending import WorkersNotStartedError, wait_ready
 from distributed_reptile.reduction import FixedSum, TaskReducer
 from distributed_reptile.runners.base import LearnerFactory
+from distributed_reptile.runners.ray_pool_api import PoolChange
+from distributed_reptile.runners.ray_sums import CombineReply, StoredSum, gather
 from distributed_reptile.runners.ray_transport import WeightsArg, unpack_weights
 
 #: How long the end of a batch waits for a worker that Ray restarted to say who it is.
 _INFO_TIMEOUT_S = 30.0
 #: Seconds between two looks at the cluster (its live nodes and their resources), at most.
 CLUSTER_CHECK_EVERY_S = 5.0
-
-
-@dataclass(frozen=True)
-class PoolChange:
-    """A worker left the pool or came back: ``kind`` is ``"worker_dropped"``, ``"worker_added"``
-    or ``"worker_restarted"`` (Ray restarted it elsewhere after its node was lost); ``reason`` is
-    one line for the user; ``workers`` is the number of workers up afterwards (in the pool and
-    started)."""
-
-    kind: str
-    worker: int
-    reason: str
-    workers: int
 
 
 class LearnerActor:
@@ -59,7 +47,12 @@ class LearnerActor:
         }
 
     def run(
-        self, jobs: list[TaskJob], weights_arg: WeightsArg, reducer: TaskReducer | None = None
+        self,
+        jobs: list[TaskJob],
+        weights_arg: WeightsArg,
+        reducer: TaskReducer | None = None,
+        keep_sum: bool = False,
+        fold: tuple[ray.ObjectRef, ...] = (),
     ) -> list[AdaptedResult]:
         """Run the jobs of one call (one, or ``tasks_per_call``) in order, from the same weights.
 
@@ -69,6 +62,12 @@ class LearnerActor:
         counting them. With ``reducer``, each finished task is folded at once into one partial
         sum for the call (its weights are dropped, non-finite ones are named and left out), and
         the call sends back that sum, on its first result, with every task's statistics.
+
+        With ``keep_sum`` (node reduction) the sum stays in this node's object store: the first
+        result carries a :class:`StoredSum` (``sum_ref``) instead of the sum (``partial``). The
+        partial sums ``fold`` (kept by earlier calls, usually on this node) are added to it, so
+        that a node holds about one sum per worker rather than one per call; those that cannot be
+        read are named in ``StoredSum.lost``.
         """
         t0 = time.perf_counter()
         weights = unpack_weights(weights_arg)
@@ -92,9 +91,29 @@ class LearnerActor:
                 raise
             result.timings["weight_fetch"] = fetch if not results else 0.0
             results.append(result)
-        if results:
+        if results and keep_sum and partial is not None:
+            t_fold = time.perf_counter()
+            lost = gather(list(fold), partial)
+            ref = ray.put(partial)
+            results[0].timings["fold"] = results[0].timings.get("fold", 0.0) + (
+                time.perf_counter() - t_fold
+            )
+            node = ray.get_runtime_context().get_node_id()
+            results[0].sum_ref = StoredSum(ref, node, tuple(i for i, _ in lost))
+        elif results:
             results[0].partial = partial
         return results
+
+    def combine(self, refs: list[ray.ObjectRef], keep: bool) -> CombineReply:
+        """The sum of the partial sums behind ``refs`` (references kept by other calls, nested in
+        a list so that Ray passes them unread): kept in this node's object store (``keep``: a
+        :class:`StoredSum`) or sent back. Sums that cannot be read are left out and named."""
+        total = FixedSum()
+        lost = gather(refs, total)
+        out: StoredSum | FixedSum = total
+        if keep:
+            out = StoredSum(ray.put(total), ray.get_runtime_context().get_node_id())
+        return CombineReply(out, tuple(lost))
 
 
 class ActorPool:
@@ -153,6 +172,8 @@ class ActorPool:
         self._returning: set[int] = set()  # dropped workers started again, not answered yet
         self._moved: dict[int, str] = {}  # workers whose node died, left to Ray: idx -> that node
         self._next_check = 0.0
+        #: The nodes alive at the last look at the cluster (None: not looked yet, or no answer).
+        self.live_nodes: set[str] | None = None
         self._actors = [self._new_actor() for _ in range(self.num_workers)]
         try:
             self.worker_info: list[dict[str, Any]] = wait_ready(
@@ -201,10 +222,27 @@ class ActorPool:
         jobs: list[TaskJob],
         weights_arg: WeightsArg,
         reducer: TaskReducer | None = None,
+        keep_sum: bool = False,
+        fold: tuple[ray.ObjectRef, ...] = (),
     ) -> ray.ObjectRef:
-        """Queue ``jobs`` (one actor call) on worker ``idx``; the call's result reference."""
-        ref: ray.ObjectRef = self._actors[idx].run.remote(jobs, weights_arg, reducer)
+        """Queue ``jobs`` (one actor call) on worker ``idx``; the call's result reference (see
+        :meth:`LearnerActor.run` for ``keep_sum`` and ``fold``)."""
+        actor = self._actors[idx]
+        if keep_sum:
+            ref: ray.ObjectRef = actor.run.remote(jobs, weights_arg, reducer, True, fold)
+        else:
+            ref = actor.run.remote(jobs, weights_arg, reducer)
         return ref
+
+    def combine(self, idx: int, refs: list[ray.ObjectRef], keep: bool) -> ray.ObjectRef:
+        """Queue :meth:`LearnerActor.combine` of ``refs`` on worker ``idx``; its reference."""
+        ref: ray.ObjectRef = self._actors[idx].combine.remote(list(refs), keep)
+        return ref
+
+    def node_of(self, idx: int) -> str | None:
+        """The node worker ``idx`` last said it runs on (None: not known)."""
+        node = self.worker_info[idx].get("node_id")
+        return None if node is None else str(node)
 
     def replace(self, idx: int) -> None:
         """Kill worker ``idx`` for good and start a new actor in its place."""
@@ -300,6 +338,7 @@ class ActorPool:
         try:
             nodes = ray.nodes()
         except Exception:  # the GCS did not answer this time: look again at the next check
+            self.live_nodes = None
             return []
         totals: dict[str, float] = {}
         alive: set[str] = set()
@@ -308,6 +347,7 @@ class ActorPool:
                 alive.add(node["NodeID"])
                 for key, value in node.get("Resources", {}).items():
                     totals[key] = totals.get(key, 0.0) + float(value)
+        self.live_nodes = alive
         placed, waiting, lost = 0, [], {}
         for idx in range(self.num_workers):
             node = self.worker_info[idx].get("node_id")

@@ -6,8 +6,8 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -17,62 +17,11 @@ from distributed_reptile.ray_pending import WorkersNotStartedError, pending_mess
 from distributed_reptile.ray_utils import same_error
 from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import NOT_RETRIED, TaskFailedError
-from distributed_reptile.runners.ray_actors import PoolChange
+from distributed_reptile.runners.ray_pool_api import PoolChange, WorkerPool
+from distributed_reptile.runners.ray_sums import NodeSums
 from distributed_reptile.runners.ray_transport import WeightsArg
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerPool(Protocol):
-    """What a batch needs of the workers: the interface it uses of
-    :class:`~distributed_reptile.runners.ray_actors.ActorPool`."""
-
-    num_workers: int
-    #: What one worker asks of the cluster.
-    bundle: dict[str, float]
-    #: How long a worker started during the run may take to answer (``None``: no limit).
-    start_timeout_s: float | None
-
-    @property
-    def starting(self) -> Mapping[int, tuple[ray.ObjectRef, float]]:
-        """Workers whose new actor has not answered yet: index -> (its ``ready()`` call, since)."""
-        ...
-
-    def ready_workers(self) -> list[int]:
-        """The workers that may be given tasks: in the pool and not starting."""
-        ...
-
-    def submit(
-        self,
-        idx: int,
-        jobs: list[TaskJob],
-        weights_arg: WeightsArg,
-        reducer: TaskReducer | None = None,
-    ) -> ray.ObjectRef:
-        """Queue ``jobs`` (one actor call) on worker ``idx``; with ``reducer``, the call returns
-        one partial sum of its tasks (see :meth:`LearnerActor.run`)."""
-        ...
-
-    def replace(self, idx: int) -> None:
-        """Kill worker ``idx`` for good and start a new actor in its place."""
-        ...
-
-    def info_ready(self, idx: int, ref: ray.ObjectRef) -> PoolChange | None:
-        """Worker ``idx``'s ``ready()`` call ``ref`` has answered; a worker back in the pool is
-        returned as a change."""
-        ...
-
-    def check_restarted(self, idx: int, pid: int | None, node_id: str | None) -> str | None:
-        """Why worker ``idx`` now runs in process ``pid`` (Ray restarted it), or None."""
-        ...
-
-    def seconds_to_check(self) -> float:
-        """Seconds until :meth:`check_cluster` is due (0 or less: due now)."""
-        ...
-
-    def check_cluster(self) -> list[PoolChange]:
-        """Fit the pool to the cluster's live nodes; the workers dropped, one change each."""
-        ...
 
 
 class BatchScheduler:
@@ -101,6 +50,12 @@ class BatchScheduler:
     :param reducer: fold each call's tasks into one partial sum where they run (``None``: every
         result carries its adapted weights). A call counts once: its results, partial sum
         included, are taken only when none of its jobs has a result yet.
+    :param node_reduction: with ``reducer``, keep the partial sums on the nodes and combine them
+        there (``True``) or send each to the driver (``False``; see below).
+
+    **Node reduction** (``node_reduction``): each call keeps its partial sum on its node, the
+    sums meet there and the driver receives one per outer step; the book of those sums is a
+    :class:`~distributed_reptile.runners.ray_sums.NodeSums` (``sums``).
     """
 
     def __init__(
@@ -115,6 +70,7 @@ class BatchScheduler:
         task_timeout_s: float | None,
         retry_events: list[dict[str, Any]],
         reducer: TaskReducer | None = None,
+        node_reduction: bool = False,
     ) -> None:
         self.pool = pool
         self.reducer = reducer
@@ -140,6 +96,9 @@ class BatchScheduler:
         self.cursor = 0
         #: Since when no worker has been in the pool (``time.perf_counter()``), or None.
         self.no_workers_since: float | None = None
+        #: Whether the calls keep their partial sums on their nodes (node reduction).
+        self.keep_sums = reducer is not None and node_reduction
+        self.sums = NodeSums(self, jobs)
 
     @property
     def inflight_jobs(self) -> int:
@@ -147,15 +106,23 @@ class BatchScheduler:
         return sum(len(chunk) for _, chunk in self.inflight.values())
 
     def results(self) -> Iterator[AdaptedResult]:
-        """Run the batch; yield one result per job, in job order, as soon as it can be."""
+        """Run the batch; yield one result per job, in job order, as soon as it can be (with node
+        reduction, the last once the sums are combined: it carries the step's sum)."""
         self.check_cluster()
+        held: AdaptedResult | None = None
         while self.cursor < len(self.order):
             self.submit()
             self.wait_and_collect()
             while self.cursor < len(self.order) and self.order[self.cursor] in self.done:
                 result = self.done.pop(self.order[self.cursor])
                 self.cursor += 1
-                yield result
+                if self.keep_sums and self.cursor == len(self.order):
+                    held = result
+                else:
+                    yield result
+        if held is not None:
+            held.partial = self.sums.combine()
+            yield held
 
     # ------------------------------------------------------------------ submitting
     def submit(self) -> None:
@@ -168,7 +135,8 @@ class BatchScheduler:
         while self.pending and workers:
             job = self.pending[0]
             full = len(self.done) + self.inflight_jobs >= self.window
-            if full and job.index != self.order[self.cursor]:
+            waited_for = self.order[self.cursor] if self.cursor < len(self.order) else None
+            if full and job.index != waited_for:
                 break
             idx = min(workers, key=lambda k: len(self.queues[k]))
             if len(self.queues[idx]) >= self.pipeline_depth:
@@ -176,7 +144,15 @@ class BatchScheduler:
             chunk = self.pending[: self.chunk]
             del self.pending[: self.chunk]
             now = time.perf_counter()
-            ref = self.pool.submit(idx, chunk, self.weights_arg, self.reducer)
+            if self.keep_sums:
+                fold = self.sums.loose_on(self.pool.node_of(idx))
+                ref = self.pool.submit(
+                    idx, chunk, self.weights_arg, self.reducer, True, tuple(r.ref for r in fold)
+                )
+                if fold:
+                    self.sums.carried[ref] = fold
+            else:
+                ref = self.pool.submit(idx, chunk, self.weights_arg, self.reducer)
             if not self.queues[idx]:
                 self.head_since[idx] = now
             self.queues[idx].append(ref)
@@ -191,7 +167,7 @@ class BatchScheduler:
     def wait_and_collect(self) -> None:
         """Wait for one result (or the next deadline) and deal with what came back."""
         starting = {ref: idx for idx, (ref, _) in self.pool.starting.items()}
-        refs = list(self.inflight) + list(starting)
+        refs = list(self.inflight) + list(starting) + list(self.sums.folding)
         if not refs:
             self._wait_for_workers()
             return
@@ -217,6 +193,8 @@ class BatchScheduler:
                 # (a call no longer in flight went back to pending with its worker's other calls
                 # when an earlier ref of this wait showed that worker lost)
                 self._collect(ref)
+            elif ref in self.sums.folding:
+                self.sums.fold_done(ref)
         if self.task_timeout_s is not None:
             self._enforce_timeouts()
         self.check_cluster()
@@ -228,7 +206,11 @@ class BatchScheduler:
             return
         for change in self.pool.check_cluster():
             self.requeue(self._take_all(change.worker))
+            self.sums.worker_dropped(change.worker)
             self.record_change(change)
+        live = self.pool.live_nodes
+        if self.keep_sums and live is not None:
+            self.sums.nodes_lost(live)
 
     def _wait_for_workers(self) -> None:
         """No worker to wait for: every one was dropped. Look at the cluster again at the next
@@ -261,6 +243,7 @@ class BatchScheduler:
             for i, q in enumerate(self.queues)
             if q and i not in starting
         ]
+        deadlines += self.sums.deadlines()
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.perf_counter())
@@ -272,6 +255,8 @@ class BatchScheduler:
         return limit * len(self.inflight[ref][1])
 
     def _take(self, ref: ray.ObjectRef) -> tuple[int, list[TaskJob]]:
+        """Take call ``ref`` out of flight (the sums it carried wait again); its worker, jobs."""
+        self.sums.release(ref)
         idx, chunk = self.inflight.pop(ref)
         queue = self.queues[idx]
         if queue and queue[0] == ref:
@@ -283,6 +268,7 @@ class BatchScheduler:
 
     def _collect(self, ref: ray.ObjectRef) -> None:
         running = self.inflight[self.queues[self.inflight[ref][0]][0]][1]
+        carried = self.sums.carried.get(ref, [])
         idx, chunk = self._take(ref)
         try:
             value = ray.get(ref)
@@ -302,7 +288,7 @@ class BatchScheduler:
             if running is not chunk:
                 self._take(next(r for r in self.queues[idx] if self.inflight[r][1] is running))
                 self.requeue(chunk)
-            self._clear_worker(idx)
+            self.clear_worker(idx)
             self.requeue(running[1:])
             self._failed(running[0], err, idx, "worker_lost")
         except RayError as err:  # e.g. the result object was lost with its node
@@ -310,12 +296,21 @@ class BatchScheduler:
             self._failed(chunk[0], err, idx, "result_lost")
         else:
             results: list[AdaptedResult] = value
-            if not self._first_delivery(chunk):
+            stored = results[0].sum_ref if results else None
+            for result in results:
+                result.sum_ref = None
+            if self.keep_sums and self.sums.rerun_answered(chunk):
+                for job in chunk:  # its statistics went out with the first answer
+                    self.submitted_at.pop(job.index, None)
+            elif not self._first_delivery(chunk):
                 return
-            now = time.perf_counter()
-            for job, result in zip(chunk, results, strict=True):
-                result.timings["round_trip"] = now - self.submitted_at.pop(job.index)
-                self.done[job.index] = result
+            else:
+                now = time.perf_counter()
+                for job, result in zip(chunk, results, strict=True):
+                    result.timings["round_trip"] = now - self.submitted_at.pop(job.index)
+                    self.done[job.index] = result
+            if self.keep_sums:
+                self.sums.kept(stored, idx, chunk, carried, results[0])
             worker = results[0].worker
             restarted = self.pool.check_restarted(idx, worker.get("pid"), worker.get("node_id"))
             if restarted is not None:
@@ -362,11 +357,12 @@ class BatchScheduler:
                 continue
             # Ray cannot stop a running actor task: kill the worker and start a new one.
             _, chunk = self._take(self.queues[idx][0])
-            self._clear_worker(idx)
+            self.clear_worker(idx)
             self.requeue(chunk[1:])
             self._failed(chunk[0], TimeoutError(what), idx, "timeout")
+        self.sums.enforce_timeouts(now)  # the same: a new worker, the sums wait again
 
-    def _clear_worker(self, idx: int) -> None:
+    def clear_worker(self, idx: int) -> None:
         """Replace worker ``idx``; the jobs queued on it go back to ``pending`` (not counted)."""
         orphans = self._take_all(idx)
         self.pool.replace(idx)
@@ -451,3 +447,4 @@ class BatchScheduler:
                 break
             self.check_cluster()
         self.inflight.clear()
+        self.sums.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import LearnerFactory
@@ -12,11 +14,30 @@ from distributed_reptile.runners.ray_actors import ActorPool
 from distributed_reptile.runners.ray_batch import BatchScheduler
 from distributed_reptile.runners.ray_transport import weights_argument
 from distributed_reptile.settings import (
+    check_node_reduction,
     check_task_retries,
     check_task_timeout,
     check_tasks_per_call,
 )
 from distributed_reptile.weights import NumpyWeights
+
+#: ``node_reduction="auto"`` turns node reduction on when the workers sit on several nodes and
+#: the partial sums it keeps from the driver, ``(calls - 1) x 8 bytes x parameters`` per outer
+#: step, reach this: 32 MiB, about 27 ms at 10 Gb/s, well above what the one or two more actor
+#: calls it costs at the end of a step take on a real cluster. Below it the bytes saved are worth
+#: less than those calls (measured on the simulated cluster, ``docs/scaling.md``: at 10k
+#: parameters and 8 calls per step, 0.5 MB saved for 2-23 ms more driver CPU and 20-90 ms more
+#: per step).
+NODE_REDUCTION_MIN_BYTES = 32 * 2**20
+
+
+def wants_node_reduction(setting: bool | str, nodes: int, calls: int, params: int) -> bool:
+    """Whether a batch of ``calls`` actor calls summing ``params`` parameters each, on workers
+    that sit on ``nodes`` nodes, combines its partial sums on the nodes (``setting``: the
+    ``node_reduction`` setting; see :data:`NODE_REDUCTION_MIN_BYTES` for ``"auto"``)."""
+    if setting != "auto":
+        return bool(setting)
+    return nodes > 1 and (calls - 1) * 8 * params >= NODE_REDUCTION_MIN_BYTES
 
 
 class RayRunner:
@@ -70,6 +91,16 @@ class RayRunner:
         load best; more saves Ray's per-call cost (about a millisecond) when tasks take only a few
         milliseconds. ``"auto"``: the batch split evenly over the workers, one call each.
         Results, and so the meta weights, do not depend on it.
+    :param node_reduction: with a ``reducer`` (``combine = "sum"``): ``True`` keeps each call's
+        partial sum on its node, combines them per node and then once more on one worker, so the
+        driver receives one sum per outer step (see
+        :class:`~distributed_reptile.runners.ray_batch.BatchScheduler`); ``False`` sends each
+        call's sum to the driver; ``"auto"`` (default) decides per batch: on when the workers up
+        sit on more than one node and the sums it keeps from the driver are large enough to be
+        worth it (:func:`wants_node_reduction`). On, a step ends with one or two more actor
+        calls (a few milliseconds plus the transfer of the sums between nodes), and a sum lost
+        with its worker or node reruns the tasks it covered (``"sum_lost"``). The meta weights
+        are the same either way, bit for bit.
     :param worker_start_timeout_s: how long the workers may stay pending at start before
         :class:`~distributed_reptile.ray_pending.WorkersNotStartedError` (``None``: no limit);
         what is pending is reported every 15 s meanwhile. During the run, how long a new worker
@@ -89,14 +120,17 @@ class RayRunner:
         task_timeout_s: float | None = None,
         tasks_per_call: int | str = 1,
         worker_start_timeout_s: float | None = None,
+        node_reduction: bool | str = "auto",
     ) -> None:
         self.num_workers = int(num_workers)
         self.tasks_per_call = check_tasks_per_call(tasks_per_call)
+        self.node_reduction = check_node_reduction(node_reduction)
         self.pipeline_depth = max(1, int(pipeline_depth))
         self.task_retries = check_task_retries(task_retries)
         self.task_timeout_s = check_task_timeout(task_timeout_s)
         #: One record per rerun or worker change: ``kind`` (``"error"``, ``"timeout"``,
-        #: ``"worker_lost"``, ``"result_lost"``, ``"worker_restarted"``; ``"worker_dropped"`` and
+        #: ``"worker_lost"``, ``"result_lost"``, ``"worker_restarted"``, ``"sum_lost"`` (node
+        #: reduction: the task's partial sum was lost after it ran); ``"worker_dropped"`` and
         #: ``"worker_added"`` when the pool shrinks or grows, with ``workers``, the workers up after,
         #: and no task), ``meta_step``, ``index``, ``attempt``, ``worker`` and ``reason``.
         self.retry_events: list[dict[str, Any]] = []
@@ -143,8 +177,13 @@ class RayRunner:
     ) -> Iterator[AdaptedResult]:
         """See :meth:`Runner.run_batch <distributed_reptile.runners.base.Runner.run_batch>`. With
         ``reducer`` each actor call sends back one partial sum (int64, 8 bytes per parameter)
-        instead of every task's adapted weights (4 bytes per parameter and task)."""
+        instead of every task's adapted weights (4 bytes per parameter and task); with node
+        reduction on, the calls keep their sums on their nodes and only the last result carries
+        a sum, that of the whole batch."""
         weights_arg = weights_argument(meta_weights)
+        keep_sums = reducer is not None and self.uses_node_reduction(
+            len(jobs), sum(int(np.size(meta_weights[n])) for n in reducer.names)
+        )
         batch = BatchScheduler(
             self._pool,
             jobs,
@@ -155,6 +194,7 @@ class RayRunner:
             task_timeout_s=self.task_timeout_s,
             retry_events=self.retry_events,
             reducer=reducer,
+            node_reduction=keep_sums,
         )
         try:
             yield from batch.results()
@@ -162,6 +202,13 @@ class RayRunner:
         finally:
             batch.drain()
             del batch, weights_arg
+
+    def uses_node_reduction(self, batch_size: int, params: int) -> bool:
+        """Whether a batch of ``batch_size`` tasks whose sums cover ``params`` parameters combines
+        them on the nodes (see ``node_reduction``), with the workers up now."""
+        nodes = {self._pool.node_of(i) for i in self._pool.ready_workers()} - {None}
+        calls = -(-batch_size // self.chunk_size(batch_size))
+        return wants_node_reduction(self.node_reduction, len(nodes), calls, params)
 
     def chunk_size(self, batch_size: int) -> int:
         """Tasks per actor call for a batch of ``batch_size`` tasks."""
