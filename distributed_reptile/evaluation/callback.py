@@ -35,6 +35,9 @@ class MetaEvalCallback(MetaCallback):
     comparison init, and the paired difference meta minus each), writes ``eval/meta_return_<budget>``,
     ``eval/<name>_return_<budget>`` and ``eval/meta_minus_<name>_<budget>`` to TensorBoard when the
     trainer logs there (``tensorboard_logs=``), and keeps the full report in :attr:`reports`.
+    Where the family declares episode metrics (Meta-World's ``success``, HalfCheetah's
+    ``velocity_error``), the meta-init's mean per budget is added as
+    ``record["eval"]["metrics"][<metric>]`` and ``eval/meta_<metric>_<budget>``.
     Budget names are ``budget_<k>`` (k inner rollouts) or ``steps_<n>``. The comparison inits
     (a random init, and ``baselines``) are evaluated once, at the first evaluation: with the same
     weights, tasks and seeds their returns would not change.
@@ -155,6 +158,7 @@ class MetaEvalCallback(MetaCallback):
         assert trainer is not None and self.budgets is not None
         t0 = time.perf_counter()
         comparison = self._comparison_returns()
+        found: dict[str, np.ndarray] = {}
         meta, _ = adaptation_returns(
             trainer.runner,
             module_to_numpy(trainer.meta_policy),
@@ -163,8 +167,14 @@ class MetaEvalCallback(MetaCallback):
             self.episodes,
             self.deterministic,
             self.eval_seed,
+            found,
         )
         report = summarize({"meta": meta[None], **comparison}, self.budgets, reference="meta")
+        # the meta-init's episode metrics (success rate, velocity error), where the family has any
+        report["metrics"] = {
+            name: summarize({"meta": table[None]}, self.budgets, reference="meta")
+            for name, table in found.items()
+        }
         report["outer_step"] = trainer.num_outer_steps
         report["seconds"] = time.perf_counter() - t0
         return report
@@ -182,12 +192,20 @@ class MetaEvalCallback(MetaCallback):
             summary[name] = [row["mean"] for row in init["budgets"]]
         for name, rows in report["paired"].items():
             summary[name] = [row["mean"] for row in rows]
+        if report["metrics"]:
+            summary["metrics"] = {
+                metric: [row["mean"] for row in part["inits"]["meta"]["budgets"]]
+                for metric, part in report["metrics"].items()
+            }
         record["eval"] = summary
         logger = trainer.meta_logger
         if logger is not None:
             for name, init in report["inits"].items():
                 for label, row in zip(labels, init["budgets"], strict=True):
                     logger.record(f"eval/{name}_return_{label}", row["mean"])
+            for metric, means in summary.get("metrics", {}).items():
+                for label, mean in zip(labels, means, strict=True):
+                    logger.record(f"eval/meta_{metric}_{label}", mean)
             for pair, rows in report["paired"].items():
                 other = pair.split(" - ", 1)[1]
                 for label, row in zip(labels, rows, strict=True):

@@ -277,6 +277,27 @@ def adaptation_returns(
     return means, raw
 
 
+#: Report fields of a metric an env reports without declaring it (no :class:`Metric`).
+_UNDECLARED: dict[str, Any] = {"higher_is_better": None, "reduce": None, "description": ""}
+
+
+def declared_metrics(specs: Sequence[TaskSpec]) -> dict[str, dict[str, Any]]:
+    """The report fields (direction, reduction, description) of the episode metrics the tasks'
+    envs declare (:mod:`distributed_reptile.tasks.episode_metrics`), read from the first task's env.
+    """
+    from distributed_reptile.tasks.episode_metrics import metrics_of
+
+    if not specs:
+        return {}
+    spec = specs[0]
+    env = spec.build_env()
+    try:
+        return {name: metric.describe() for name, metric in metrics_of(env).items()}
+    finally:
+        if spec.env is None:
+            env.close()
+
+
 def evaluate_inits(
     runner: Runner,
     inits: Mapping[str, Sequence[NumpyWeights]],
@@ -303,7 +324,10 @@ def evaluate_inits(
     :param reference: the initialisation the others are compared with, task by task.
     :param confidence: coverage of the intervals.
     :param metadata: extra fields copied into the report (family, checkpoints, ...).
-    :return: the report of :func:`summarize`, with the episode returns, timings and settings.
+    :return: the report of :func:`summarize`, with the episode returns, timings and settings;
+        ``report["metrics"][name]`` is the same summary for each episode metric the tasks' envs
+        declare (empty without any), with the metric's ``higher_is_better``, ``reduce`` and
+        ``description``.
     """
     if reference not in inits:
         raise ValueError(
@@ -332,14 +356,19 @@ def evaluate_inits(
         seconds[name] = time.perf_counter() - t0
     report = summarize(per_unit, budgets, reference=reference, confidence=confidence)
     # The metrics the tasks' envs declare (success rate, velocity error): the same summary as the
-    # return, per metric, for the inits that reported it on every task.
+    # return, per metric, for the inits that reported it on every task, with the metric's
+    # direction and description (read from an env on the driver; no task's draws change).
+    declared = declared_metrics(specs) if metric_rows else {}
     report["metrics"] = {
-        metric: summarize(
-            {name: np.stack(tables) for name, tables in by_init.items()},
-            budgets,
-            reference=reference,
-            confidence=confidence,
-        )
+        metric: {
+            **declared.get(metric, _UNDECLARED),
+            **summarize(
+                {name: np.stack(tables) for name, tables in by_init.items()},
+                budgets,
+                reference=reference,
+                confidence=confidence,
+            ),
+        }
         for metric, by_init in metric_rows.items()
         if reference in by_init and len(by_init) == len(inits)
     }
@@ -363,6 +392,7 @@ __all__ = [
     "adaptation_returns",
     "budget_axis",
     "build_eval_runner",
+    "declared_metrics",
     "evaluate_inits",
     "held_out_specs",
     "random_init_weights",

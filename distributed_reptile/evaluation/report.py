@@ -56,7 +56,7 @@ def plot_report(
             )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"mean episode {metric} on held-out tasks")
-        ax.set_title(f"{metric} after adaptation ({conf}% t-interval)")
+        ax.set_title(f"{metric} after adaptation ({conf}% t-interval; {metric_direction(summary)})")
         ax.legend()
         ax.grid(alpha=0.3)
     for name, init in report["inits"].items():
@@ -92,6 +92,14 @@ def plot_report(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def metric_direction(metric: Mapping[str, Any]) -> str:
+    """``"higher is better"``, ``"lower is better"``, or that the metric did not say."""
+    better = metric.get("higher_is_better")
+    if better is None:
+        return "direction not declared"
+    return "higher is better" if better else "lower is better"
 
 
 def _fmt(row: Mapping[str, Any], digits: int) -> str:
@@ -158,9 +166,12 @@ def report_to_markdown(report: Mapping[str, Any], digits: int = 1) -> str:
                 f"| {name} | " + " | ".join(_fmt(r["across_seeds"], digits) for r in rows) + " |"
             )
     for metric, summary in (report.get("metrics") or {}).items():
+        described = f": {summary['description']}" if summary.get("description") else ""
         lines += [
             "",
-            f"Episode {metric} (mean ± {int(100 * report['confidence'])}% CI over units):",
+            f"Episode {metric}{described} ({metric_direction(summary)}; mean ± "
+            f"{int(100 * report['confidence'])}% CI over units; paired rows: task by task, "
+            "* : the interval excludes 0):",
             "",
             head,
             sep,
@@ -193,4 +204,11 @@ def save_report(
     return paths
 
 
-__all__ = ["json_ready", "plot_report", "report_to_markdown", "save_report", "write_json"]
+__all__ = [
+    "json_ready",
+    "metric_direction",
+    "plot_report",
+    "report_to_markdown",
+    "save_report",
+    "write_json",
+]

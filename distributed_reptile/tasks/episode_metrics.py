@@ -27,11 +27,31 @@ class Metric:
     :param step_value: the step's value, from its ``info``.
     :param reduce: ``"max"`` (e.g. success: solved at any step) or ``"mean"``.
     :param higher_is_better: for reports (a success rate: yes; an error: no).
+    :param description: what the episode's value is, for reports (units included).
     """
 
     step_value: Callable[[Mapping[str, Any]], float]
     reduce: Literal["max", "mean"] = "mean"
     higher_is_better: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not callable(self.step_value):
+            raise TypeError(
+                f"Metric.step_value must be a function of a step's info dict, got {self.step_value!r}."
+            )
+        if self.reduce not in ("max", "mean"):
+            raise ValueError(
+                f'Metric.reduce must be "max" (e.g. solved at any step) or "mean", got {self.reduce!r}.'
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """The metric's report fields: ``higher_is_better``, ``reduce`` and ``description``."""
+        return {
+            "higher_is_better": bool(self.higher_is_better),
+            "reduce": self.reduce,
+            "description": self.description,
+        }
 
 
 class EpisodeMetrics(gym.Wrapper):
@@ -44,6 +64,12 @@ class EpisodeMetrics(gym.Wrapper):
     def __init__(self, env: gym.Env, metrics: Mapping[str, Metric]) -> None:
         super().__init__(env)
         self.metrics = dict(metrics)
+        for name, metric in self.metrics.items():
+            if not isinstance(name, str) or not name or not isinstance(metric, Metric):
+                raise TypeError(
+                    "EpisodeMetrics takes {name: Metric(step_value, reduce, higher_is_better)} "
+                    f"with non-empty string names, got {name!r}: {metric!r}."
+                )
         self._values: dict[str, list[float]] = {name: [] for name in self.metrics}
 
     @property
@@ -94,8 +120,18 @@ def _velocity_error(info: Mapping[str, Any]) -> float:
 
 
 #: Meta-World: whether the task was solved at any step of the episode (Meta-World's own flag).
-SUCCESS = Metric(_success, reduce="max")
+SUCCESS = Metric(
+    _success,
+    reduce="max",
+    description="1 if Meta-World's success flag was set at any step of the episode, else 0 "
+    "(the mean is the fraction of episodes solved)",
+)
 #: HalfCheetah velocity: mean absolute difference between forward and target velocity (m/s).
-VELOCITY_ERROR = Metric(_velocity_error, reduce="mean", higher_is_better=False)
+VELOCITY_ERROR = Metric(
+    _velocity_error,
+    reduce="mean",
+    higher_is_better=False,
+    description="mean |forward velocity - target velocity| over the episode's steps (m/s)",
+)
 
 __all__ = ["INFO_KEY", "SUCCESS", "VELOCITY_ERROR", "EpisodeMetrics", "Metric", "metrics_of"]
