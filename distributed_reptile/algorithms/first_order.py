@@ -166,28 +166,53 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
     def mean_delta_of(self, total: FixedSum) -> dict[str, th.Tensor] | None:
         """The mean of an exact sum, cast to each parameter's dtype and device (``None`` when no
         task was kept)."""
+        found = self._mean_and_norm(total)
+        return None if found is None else found[0]
+
+    def _mean_and_norm(self, total: FixedSum) -> tuple[dict[str, th.Tensor], float] | None:
+        """:meth:`mean_delta_of`, and the Euclidean norm of the float64 means, one parameter's
+        float64 mean at a time. (NumPy casts float64 to float32 with the same rounding as torch,
+        in half the time; a float64 dot product of the mean costs a fifth of
+        ``vector_norm(dtype=float64)`` of the cast tensor.)"""
         if total.count == 0:
             return None
         params = self.meta_params()
         missing = [n for n in params if n not in total.sums]
         if missing:
             raise ValueError(f"The tasks' contributions leave out parameters {missing[:5]}.")
-        return {  # one parameter's float64 mean at a time
-            n: th.from_numpy(total.mean_of(n)).to(device=p.device, dtype=p.dtype)
-            for n, p in params.items()
-        }
+        out: dict[str, th.Tensor] = {}
+        squares = 0.0
+        for n, p in params.items():
+            mean = total.mean_of(n)
+            flat = mean.reshape(-1)
+            squares += float(flat @ flat)
+            if p.dtype == th.float32:
+                mean = mean.astype(np.float32)
+            out[n] = th.from_numpy(mean).to(device=p.device, dtype=p.dtype)
+        return out, float(np.sqrt(squares))
 
     def meta_update(self, results: Iterable[AdaptedResult], outer_step: int) -> None:
         """``phi <- phi + meta_lr * sum_i w_i (phi_i - phi) / sum_i w_i`` (see the class)."""
         meta_lr = self.get_meta_lr(outer_step)
         # The results iterator may run inner loops in this process (serial backend): it is not
         # consumed under no_grad.
-        self.apply_mean_delta(self.mean_delta_of(self.summed(results)), meta_lr)
+        found = self._mean_and_norm(self.summed(results))
+        if found is None:
+            self.apply_mean_delta(None, meta_lr)
+        else:
+            self.apply_mean_delta(found[0], meta_lr, delta_norm=found[1])
 
-    def apply_mean_delta(self, mean_delta: Mapping[str, th.Tensor] | None, meta_lr: float) -> None:
+    def apply_mean_delta(
+        self,
+        mean_delta: Mapping[str, th.Tensor] | None,
+        meta_lr: float,
+        *,
+        delta_norm: float | None = None,
+    ) -> None:
         """``phi <- phi + meta_lr * mean_delta``, or an optimizer step with gradient
         ``-mean_delta`` when ``use_meta_optimizer``; ``None`` (no task kept) changes nothing.
-        Sets :attr:`last_update_norm`."""
+        Sets :attr:`last_update_norm` (from ``delta_norm``, the norm of ``mean_delta``, when the
+        caller has it)."""
         if mean_delta is None:
             self.last_update_norm = 0.0
             return
@@ -196,7 +221,9 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
             with th.no_grad(), single_thread():
                 for name, param in params.items():
                     param.add_(mean_delta[name], alpha=meta_lr)
-                self.last_update_norm = meta_lr * norm(mean_delta.values())
+                if delta_norm is None:
+                    delta_norm = norm(mean_delta.values())
+                self.last_update_norm = meta_lr * delta_norm
             return
         self.sync_meta_optimizer_lr(meta_lr)
         before = {n: p.detach().clone() for n, p in params.items()}
