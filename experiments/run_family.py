@@ -31,7 +31,12 @@ from presets import PRESETS, get_preset, multitask_kwargs  # noqa: E402
 
 
 def _train_multitask_remote(
-    family: str, algo_kwargs: dict[str, Any], steps: int, seed: int, out: str
+    family: str,
+    algo_kwargs: dict[str, Any],
+    steps: int,
+    seed: int,
+    out: str,
+    task_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import torch as th
     from stable_baselines3 import PPO
@@ -41,7 +46,7 @@ def _train_multitask_remote(
 
     th.set_num_threads(1)
     t0 = time.perf_counter()
-    model = train_multitask(family, PPO, algo_kwargs, steps, seed=seed)
+    model = train_multitask(family, PPO, algo_kwargs, steps, seed=seed, task_params=task_params)
     model.save(out)
     return {
         "weights": module_to_numpy(model.policy),
@@ -49,6 +54,23 @@ def _train_multitask_remote(
         "env_steps": int(model.num_timesteps),
         "path": out,
     }
+
+
+def _versions() -> dict[str, str | None]:
+    """The versions every number of a run depends on (Meta-World's rewards change between
+    releases)."""
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for name in (
+        "distributed-reptile", "gymnasium", "mujoco", "metaworld", "stable-baselines3", "torch",
+        "ray", "numpy",
+    ):  # fmt: skip
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     preset = get_preset(args.preset)
     family, make_task = resolve_task_callable(preset["family"])
+    task_params: dict[str, Any] = dict(preset.get("task_params") or {})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_root = Path(args.checkpoints or os.path.join("runs", "experiments", out.name))
@@ -110,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             planned_steps,
             seed,
             str((ckpt_root / f"multitask_seed{seed}.zip").resolve()),
+            task_params,
         )
         for seed in args.seeds
     ]
@@ -125,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "preset": args.preset,
         "family": family,
+        "task_params": task_params,
+        "versions": _versions(),
         "seeds": args.seeds,
         "outer_steps": args.outer_steps,
         "phases": {},
@@ -136,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         with ReptileMetaRL(
             tasks_generator_cls=TaskGenerator,
-            tasks_generator_params={"task_callable": make_task},
+            tasks_generator_params={
+                "task_callable": make_task,
+                "task_callable_params": task_params or None,
+            },
             rl_algorithm=PPO,
             rl_algo_kwargs=preset["rl_algo_kwargs"],
             inner_steps=inner_steps,
@@ -191,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         PPO, preset["rl_algo_kwargs"], backend=args.backend, num_workers=args.num_workers
     )
     try:
-        env, _ = make_task(random_seed=0)
+        env, _ = make_task(random_seed=0, **task_params)
         budgets = resolve_budgets(
             PPO(env=env, device="cpu", **preset["rl_algo_kwargs"]), rollouts=args.budgets
         )
-        specs = held_out_specs(family, args.tasks)
+        specs = held_out_specs(family, args.tasks, task_params=task_params)
         report = evaluate_inits(
             runner,
             inits,
@@ -206,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             metadata={
                 "preset": args.preset,
                 "preset_settings": repr(preset),
+                "task_params": task_params,
+                "versions": summary["versions"],
                 "runs": summary["runs"],
             },
         )
@@ -213,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         runner.close()
     summary["phases"]["evaluation"] = time.perf_counter() - t_phase
     paths = save_report(
-        report, out, "evaluation", title=f"{family}: {args.preset}, seeds {args.seeds}"
+        report,
+        out,
+        "evaluation",
+        title=f"{family} {task_params.get('env_name', '')}: {args.preset}, seeds {args.seeds}",
     )
     summary["total_seconds"] = time.perf_counter() - t_start
     summary["outputs"] = {k: str(v) for k, v in paths.items()}
