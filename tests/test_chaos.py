@@ -43,7 +43,7 @@ def test_the_two_node_plan_loses_a_node_and_a_new_one_joins_with_room_around(
         # the driver is killed (after checkpoint k) outside the node's absence
         kill = driver_kill_step(outer_steps, seed, plan)
         assert 3 <= kill < outer_steps - 1
-        assert kill < loss - 1 or kill > join + 1
+        assert kill < loss - 1 or kill > join + 2
         assert make_plan(outer_steps, seed=seed, nodes=2) == plan
 
 
@@ -68,15 +68,17 @@ def test_chaos_run_on_two_nodes_ends_with_the_undisturbed_weights_and_tasks(
     assert {"exit_in_task", "ray_kill", "sigkill", "hang"} <= set(injected)
     assert injected["node_loss"] == 1 and injected["node_join"] == 1
     assert report["retries"] >= 2  # at least the task that exited and the one that hung
-    # the lost node's two workers were dropped at the loss's step and came back after the join
+    # the lost node's two workers were dropped at the loss's step and came back after the join:
+    # both start at the step after it; the second may answer a step later on a loaded machine
     plan = {int(s): k for s, k in report["plan"].items()}
     where = {kind: step for step, kind in plan.items()}
     events = [(e["outer_step"], e["kind"], e["workers"]) for e in report["pool_events"]]
     loss, join = where["node_loss"], where["node_join"]
-    assert events == [
-        (loss, "worker_dropped", 3), (loss, "worker_dropped", 2),
-        (join + 1, "worker_added", 3), (join + 1, "worker_added", 4),
+    assert events[:3] == [
+        (loss, "worker_dropped", 3), (loss, "worker_dropped", 2), (join + 1, "worker_added", 3),
     ], events  # fmt: skip
+    assert len(events) == 4 and events[3][1:] == ("worker_added", 4), events
+    assert join + 1 <= events[3][0] <= join + 2 <= report["driver_killed_after_step"], events
     assert report["workers_dropped"] == 2 and report["workers_regrown"] == 2
     for cluster in report["clusters"].values():
         assert cluster["processes_left"] == []

@@ -247,8 +247,13 @@ def make_plan(outer_steps: int, seed: int, nodes: int = 1) -> dict[int, str]:
 
 def driver_kill_step(outer_steps: int, seed: int, plan: dict[int, str]) -> int:
     """The checkpoint (outer steps done) at which the driver is SIGKILLed: a random one, not
-    within a node loss's stretch (from the step before the loss to the step after the join: the
-    driver started again must find the cluster whole, and each node fault be asked once)."""
+    within a node loss's stretch (from the step before the loss to two steps after the join: the
+    driver started again must find the cluster whole, each node fault be asked once, and the
+    workers started on the new node have a step more to answer, under load, before the records
+    of the pool growing back could go with the killed driver).
+
+    The draw is made among the steps outside loss - 1 .. join + 1 and, when it falls on join + 2,
+    moved to the next step left, so that the plans of published runs stay as they were."""
     where = {kind: step for step, kind in plan.items()}
     banned: set[int] = set()
     if "node_loss" in where:
@@ -256,7 +261,14 @@ def driver_kill_step(outer_steps: int, seed: int, plan: dict[int, str]) -> int:
     candidates = [k for k in range(3, outer_steps - 1) if k not in banned]
     if not candidates:
         raise ValueError(f"no outer step left for the driver kill in {outer_steps} steps")
-    return candidates[random.Random(seed + 1).randrange(len(candidates))]
+    pick = candidates[random.Random(seed + 1).randrange(len(candidates))]
+    if "node_loss" in where and pick == where.get("node_join", outer_steps) + 2:
+        later = [k for k in candidates if k > pick]
+        earlier = [k for k in candidates if k < where["node_loss"] - 1]
+        if not later and not earlier:
+            raise ValueError(f"no outer step left for the driver kill in {outer_steps} steps")
+        pick = later[0] if later else earlier[-1]
+    return pick
 
 
 # ---------------------------------------------------------------------- the driver process

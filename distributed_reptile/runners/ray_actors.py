@@ -245,10 +245,14 @@ class ActorPool:
         return None if node is None else str(node)
 
     def replace(self, idx: int) -> None:
-        """Kill worker ``idx`` for good and start a new actor in its place."""
+        """Kill worker ``idx`` for good and start a new actor in its place (a worker coming back
+        to the pool that is replaced before it answered still comes back as ``worker_added``)."""
+        returning = idx in self._returning
         self._kill(idx)
         self.dropped.discard(idx)
         self._start(idx)
+        if returning:
+            self._returning.add(idx)
         self.replacements += 1
 
     def _kill(self, idx: int) -> None:
