@@ -259,14 +259,16 @@ def prune_checkpoints(folder: str | os.PathLike[str], prefix: str, keep_last: in
 STATE_FILE = "trainer_state.json"
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries a checkpoint depends on."""
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of Python and of the libraries a checkpoint depends on, and of the distributions
+    ``extra`` (e.g. ``("mujoco", "metaworld")``)."""
     import platform
     import sys
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("distributed-reptile", "torch", "stable-baselines3", "gymnasium", "ray", "numpy"):
+    names = ("distributed-reptile", "torch", "stable-baselines3", "gymnasium", "ray", "numpy")
+    for name in (*names, *extra):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

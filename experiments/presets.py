@@ -33,6 +33,29 @@ def _ppo(n_steps: int, batch_size: int, n_epochs: int, lr: float, **extra: Any) 
     return kwargs
 
 
+def _ml1(env_name: str) -> dict[str, Any]:
+    """Meta-World ML1 ``env_name`` (its 50 train / 50 test tasks, 500-step episodes, rewards of 0-10
+    per step): the HalfCheetah recipe's shape (one full-batch step per rollout of 4 episodes, two
+    rollouts per task, fixed exploration noise kept out of the meta update, plain averaging) with
+    Adam (betas (0, 0.999)) instead of SGD: Adam's step does not shrink when the global gradient
+    clipping is driven by the value loss of returns in the hundreds."""
+    return {
+        "family": "metaworld_ml1",
+        "task_params": {"env_name": env_name},
+        "rl_algo_kwargs": _ppo(
+            2000,
+            2000,
+            1,
+            1e-3,
+            policy_kwargs={"log_std_init": -1.0, "optimizer_kwargs": {"betas": (0.0, 0.999)}},
+        ),
+        "inner_rollouts": 2,
+        "task_batch_size": 8,
+        "meta_lr": 1.0,
+        "ignored_layers": ["log_std"],
+    }
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The FACTS.md setting, smaller: Adam 3e-4, 10 epochs, everything (log_std included) averaged.
     "pointnav_adam3e-4": {
@@ -169,41 +192,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "meta_lr": 1.0,
         "ignored_layers": ["log_std"],
     },
-    # Meta-World ML1 reach-v3 (its 50 train / 50 test goals, 500-step episodes, rewards of 0-10 per
-    # step): the HalfCheetah recipe's shape (one full-batch step per rollout of 4 episodes, two
-    # rollouts per task, fixed exploration noise kept out of the meta update, plain averaging) with
-    # Adam (betas (0, 0.999)) instead of SGD: Adam's step does not shrink when the global gradient
-    # clipping is driven by the value loss of returns in the hundreds.
-    "ml1_reach_adam1e-3_ls-1": {
-        "family": "metaworld_ml1",
-        "task_params": {"env_name": "reach-v3"},
-        "rl_algo_kwargs": _ppo(
-            2000,
-            2000,
-            1,
-            1e-3,
-            policy_kwargs={"log_std_init": -1.0, "optimizer_kwargs": {"betas": (0.0, 0.999)}},
-        ),
-        "inner_rollouts": 2,
-        "task_batch_size": 8,
-        "meta_lr": 1.0,
-        "ignored_layers": ["log_std"],
-    },
-    "ml1_push_adam1e-3_ls-1": {
-        "family": "metaworld_ml1",
-        "task_params": {"env_name": "push-v3"},
-        "rl_algo_kwargs": _ppo(
-            2000,
-            2000,
-            1,
-            1e-3,
-            policy_kwargs={"log_std_init": -1.0, "optimizer_kwargs": {"betas": (0.0, 0.999)}},
-        ),
-        "inner_rollouts": 2,
-        "task_batch_size": 8,
-        "meta_lr": 1.0,
-        "ignored_layers": ["log_std"],
-    },
+    # Meta-World ML1 reach-v3 and push-v3 (see _ml1).
+    "ml1_reach_adam1e-3_ls-1": _ml1("reach-v3"),
+    "ml1_push_adam1e-3_ls-1": _ml1("push-v3"),
     # CartPole with random physics, the FACTS.md setting (smaller): PPO with Adam 3e-4, 10 epochs,
     # four rollouts per task, five tasks per step, plain averaging.
     "cartpole_adam3e-4": {

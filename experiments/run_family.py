@@ -56,21 +56,12 @@ def _train_multitask_remote(
     }
 
 
-def _versions() -> dict[str, str | None]:
+def _versions() -> dict[str, str]:
     """The versions every number of a run depends on (Meta-World's rewards change between
     releases)."""
-    from importlib import metadata
+    from distributed_reptile.checkpoint import library_versions
 
-    found: dict[str, str | None] = {}
-    for name in (
-        "distributed-reptile", "gymnasium", "mujoco", "metaworld", "stable-baselines3", "torch",
-        "ray", "numpy",
-    ):  # fmt: skip
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return library_versions(extra=("mujoco", "metaworld"))
 
 
 def main(argv: list[str] | None = None) -> int:

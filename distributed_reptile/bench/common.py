@@ -62,17 +62,9 @@ def machine_facts() -> dict[str, Any]:
 
 def versions() -> dict[str, str]:
     """Versions of the libraries the figures depend on."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from distributed_reptile.algorithms.base import library_versions
 
-    out = dict(library_versions())
-    for name in ("psutil", "matplotlib"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return library_versions(extra=("psutil", "matplotlib"))
 
 
 class CpuMeter:
