@@ -1,7 +1,8 @@
 """A real two-node Ray cluster (head + second node in a private network namespace, only ``lo``):
-a training job submitted with ``ray job submit`` runs on both nodes, and survives losing one:
-with room on the head for the lost node's worker, and with none (Ray's default health checks),
-where the lost node's workers are dropped and the pool grows back when a new node joins.
+a training job submitted with ``ray job submit`` runs on both nodes, writes its outputs, and
+survives losing one: with room on the head for the lost node's worker, and with none (Ray's
+default health checks), where the lost node's workers are dropped and the pool grows back when a
+new node joins.
 
 Each test starts its own cluster with :class:`multinode.NamespaceCluster` (token auth on, fresh
 token) and tears it down by the processes it started, then asserts that none is left.
@@ -92,39 +93,6 @@ def _records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def test_submitted_training_job_runs_tasks_on_both_nodes_and_writes_a_checkpoint(
-    short_dir: Path, job_dir: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
-    cluster = NamespaceCluster(short_dir, head_cpus=1, worker_cpus=1)
-    try:
-        cluster.start()
-        ids = cluster.node_ids()
-        assert set(ids) == {"head", "second"} and ids["head"] != ids["second"]
-        submit = cluster.submit(_train_entrypoint(out), job_dir, "smoke_two_nodes")
-        _wait_job(cluster, submit, "smoke_two_nodes", timeout=240)
-    finally:
-        left = cluster.teardown()
-    assert left == [], f"processes left in the namespace: {left}"
-
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["completed"] and summary["outer_steps"] == 3
-    # one worker actor per node (1 CPU each): both nodes ran inner loops
-    assert set(summary["tasks_per_node"]) == {ids["head"], ids["second"]}
-    assert sum(summary["tasks_per_node"].values()) == 3 * 4
-    ckpt = Path(summary["last_checkpoint"])
-    assert ckpt == out / "checkpoints" / "meta_ckpt_outer_3"
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    assert state["num_outer_steps"] == 3
-    assert (ckpt / "meta_policy.safetensors").stat().st_size > 0
-    assert (out / "config.yaml").exists() and any((out / "tb").iterdir())
-
-    # the same config on the serial backend, in this process, reaches the same weights bit for bit
-    serial = tmp_path / "serial"
-    _train_serial(serial, ["backend=serial"])
-    _assert_same_weights(ckpt, serial / "checkpoints" / "meta_ckpt_outer_3")
-
-
 def _first_checkpoint_state(out: Path, timeout: float, submit: Any) -> dict[str, Any]:
     """The trainer state of the first checkpoint to appear (written once per outer step)."""
     deadline = time.monotonic() + timeout
@@ -189,8 +157,16 @@ def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
         left = cluster.teardown()
     assert left == [], f"processes left in the namespace: {left}"
 
+    # the job's outputs, as a submitted run writes them
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] and summary["outer_steps"] == outer_steps
+    assert set(summary["tasks_per_node"]) == {ids["head"], ids["second"]}
+    assert sum(summary["tasks_per_node"].values()) == outer_steps * 4
+    ckpt = Path(summary["last_checkpoint"])
+    assert ckpt == out / "checkpoints" / f"meta_ckpt_outer_{outer_steps}"
+    assert json.loads((ckpt / "trainer_state.json").read_text())["num_outer_steps"] == outer_steps
+    assert (ckpt / "meta_policy.safetensors").stat().st_size > 0
+    assert (out / "config.yaml").exists() and any((out / "tb").iterdir())
     records = _records(out)
     assert [r["outer_step"] for r in records] == list(range(1, outer_steps + 1))
     assert all(sum(r["tasks_per_node"].values()) == 4 for r in records), "a task was dropped"
@@ -198,7 +174,6 @@ def test_training_job_survives_losing_a_node_and_finishes_on_the_other(
     after = [r for r in records if r["outer_step"] > steps_at_kill + 1]
     assert after, "the node was lost too late to see training continue without it"
     assert all(set(r["tasks_per_node"]) == {ids["head"]} for r in after)
-    assert Path(summary["last_checkpoint"]).name == f"meta_ckpt_outer_{outer_steps}"
     # the lost tasks (and the tasks whose sums were lost) were run again, not dropped: the
     # weights equal a serial run's, bit for bit
     serial = tmp_path / "serial"
