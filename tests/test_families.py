@@ -378,6 +378,13 @@ def test_halfcheetah_envs_build_step_and_check():
         env.close()
     directions = {families.make_halfcheetah_dir_task(s)[1]["direction"] for s in range(20)}
     assert directions == {-1, 1}
+    # Held-out tasks alternate directions: any n consecutive seeds are balanced.
+    for n, start in ((20, 0), (7, 3)):
+        pairs = families.held_out_tasks("halfcheetah_dir", n, start)
+        held = [info["direction"] for _, info in pairs]
+        for env, _ in pairs:
+            env.close()
+        assert sorted((held.count(-1), held.count(1))) == [n // 2, n - n // 2]
     assert halfcheetah.DIR_SPLITS_DISJOINT is False  # documented: a two-task family
     assert families.HalfCheetahDirEnv(direction=-1).direction == -1
     with pytest.raises(ValueError):

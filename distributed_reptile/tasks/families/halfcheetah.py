@@ -12,7 +12,10 @@ is built, so importing this module works without it.
   ``direction * forward_velocity - 0.05 ||a||^2`` with ``direction`` in ``{-1, +1}``.
   **This family has only two tasks, so it has no disjoint held-out split**: ``"test"`` draws from
   the same two directions as ``"train"`` (:data:`DIR_SPLITS_DISJOINT` is ``False``). Evaluate its
-  adaptation on both directions, or use the velocity family for held-out tasks.
+  adaptation on both directions, or use the velocity family for held-out tasks. ``"train"`` draws
+  the direction at random; ``"test"`` alternates it with the seed (even: backward, odd: forward),
+  so the held-out tasks of :func:`~distributed_reptile.tasks.families.held_out_tasks` (consecutive
+  seeds) are balanced: ``n`` of them hold ``n // 2`` of one direction and the rest of the other.
 
 Episodes last 200 steps (MAML's horizon for these tasks). The velocity family's episodes also
 report ``velocity_error``, the mean ``|forward_velocity - target_velocity|`` (m/s), which the
@@ -87,13 +90,20 @@ def make_halfcheetah_vel_task(
 def make_halfcheetah_dir_task(
     random_seed: int, split: str = "train", max_episode_steps: int = MAX_EPISODE_STEPS
 ) -> tuple[gym.Env, dict[str, Any]]:
-    """A HalfCheetah direction task (forward or backward, each with probability 1/2).
+    """A HalfCheetah direction task (forward or backward).
 
-    ``split`` is checked but does not change the draw: see :data:`DIR_SPLITS_DISJOINT`.
+    ``"train"`` draws the direction at random (each with probability 1/2); ``"test"`` takes
+    ``(-1, +1)[random_seed % 2]``, so consecutive held-out seeds alternate and an evaluation on
+    ``n`` of them weighs both directions equally (a random draw of 20 can give 15 and 5). Both
+    splits hold the same two directions: see :data:`DIR_SPLITS_DISJOINT`.
     """
-    values = DIR_TRAIN_VALUES if check_split(split) == "train" else DIR_TEST_VALUES
-    rng = np.random.default_rng(random_seed)
-    direction = int(values["direction"][int(rng.integers(len(values["direction"])))])
+    if check_split(split) == "train":
+        choices = DIR_TRAIN_VALUES["direction"]
+        index = int(np.random.default_rng(random_seed).integers(len(choices)))
+    else:
+        choices = DIR_TEST_VALUES["direction"]
+        index = int(random_seed) % len(choices)
+    direction = int(choices[index])
     env = gym.wrappers.TimeLimit(
         _envs().HalfCheetahDirEnv(direction=direction), max_episode_steps=max_episode_steps
     )
