@@ -6,7 +6,9 @@ training task every episode, as many env steps as a meta-training run; trained a
 tasks that start with the meta-training and share the machine with it, so no core sits idle), then
 the evaluation of the meta-inits, the random inits (the weights each meta-training run started
 from) and the multi-task baselines on the same held-out tasks, budgets and seeds, through the same
-kind of Ray workers. Writes ``evaluation.{json,png,md}`` and
+kind of Ray workers. With ``--adapt-lrs``, each initialisation first gets the adaptation learning
+rate that does best for it on a few tasks of the training split (never the held-out ones;
+:func:`~distributed_reptile.evaluation.select_adaptation_lr`), and adapts with it. Writes ``evaluation.{json,png,md}`` and
 ``summary.json`` (settings, env steps, wall time of each phase) in ``--output``.
 
 Example (2D navigation, 3 seeds)::
@@ -88,6 +90,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-multitask", action="store_true", help="skip the multi-task baseline")
     parser.add_argument("--eval-seed", type=int, default=0)
+    parser.add_argument(
+        "--adapt-lrs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="candidate adaptation learning rates: each initialisation adapts to the held-out "
+        "tasks with the one that gives it the best mean return on --select-tasks tasks of the "
+        "training split (default: the preset's inner learning rate for every initialisation)",
+    )
+    parser.add_argument(
+        "--select-tasks", type=int, default=6, help="training-split tasks to choose the step on"
+    )
+    parser.add_argument(
+        "--select-episodes", type=int, default=2, help="evaluation episodes when choosing the step"
+    )
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -101,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         held_out_specs,
         resolve_budgets,
         save_report,
+        select_adaptation_lr,
     )
     from distributed_reptile.evaluation.core import resolve_task_callable
     from distributed_reptile.ray_utils import ensure_ray
@@ -131,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     mt_refs: list[Any] = []
     if args.backend == "ray":
         # Logical CPUs: the learner actors plus one per multi-task job, which run alongside.
+        # With --adapt-lrs, one evaluation runner per chosen step is open at a time at the end.
         extra = 0 if args.no_multitask else len(args.seeds)
-        ensure_ray(num_cpus=args.num_workers + extra, ray_init_kwargs={"log_to_driver": False})
+        runners = len(args.adapt_lrs or [None])
+        ensure_ray(
+            num_cpus=max(args.num_workers + extra, args.num_workers * runners),
+            ray_init_kwargs={"log_to_driver": False},
+        )
         if not args.no_multitask:
             ckpt_root.mkdir(parents=True, exist_ok=True)
             remote = ray.remote(num_cpus=1)(_train_multitask_remote)
@@ -206,15 +229,38 @@ def main(argv: list[str] | None = None) -> int:
         }
         summary["phases"]["multitask_training_after_meta"] = time.perf_counter() - t_phase
 
-    t_phase = time.perf_counter()
-    runner = build_eval_runner(
-        PPO, preset["rl_algo_kwargs"], backend=args.backend, num_workers=args.num_workers
+    def make_runner(lr: float | None = None) -> Any:
+        kwargs = dict(preset["rl_algo_kwargs"])
+        if lr is not None:
+            kwargs["learning_rate"] = lr
+        return build_eval_runner(PPO, kwargs, backend=args.backend, num_workers=args.num_workers)
+
+    env, _ = make_task(random_seed=0, **task_params)
+    budgets = resolve_budgets(
+        PPO(env=env, device="cpu", **preset["rl_algo_kwargs"]), rollouts=args.budgets
     )
-    try:
-        env, _ = make_task(random_seed=0, **task_params)
-        budgets = resolve_budgets(
-            PPO(env=env, device="cpu", **preset["rl_algo_kwargs"]), rollouts=args.budgets
+    env.close()
+    runner: Any
+    if args.adapt_lrs:
+        t_phase = time.perf_counter()
+        selection = select_adaptation_lr(
+            make_runner,
+            inits,
+            held_out_specs(family, args.select_tasks, task_params=task_params, split="train"),
+            budgets,
+            args.adapt_lrs,
+            episodes=args.select_episodes,
+            seed=args.eval_seed + 1,
         )
+        summary["adaptation_lr_selection"] = selection
+        summary["phases"]["adaptation_lr_selection"] = time.perf_counter() - t_phase
+        print(json.dumps(selection), flush=True)
+        by_lr = {lr: make_runner(lr) for lr in sorted(set(selection["chosen"].values()))}
+        runner = {name: by_lr[lr] for name, lr in selection["chosen"].items()}
+    else:
+        runner = make_runner()
+    t_phase = time.perf_counter()
+    try:
         specs = held_out_specs(family, args.tasks, task_params=task_params)
         report = evaluate_inits(
             runner,
@@ -229,10 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                 "task_params": task_params,
                 "versions": summary["versions"],
                 "runs": summary["runs"],
+                "adaptation_lr_selection": summary.get("adaptation_lr_selection"),
             },
         )
     finally:
-        runner.close()
+        for open_runner in set(runner.values()) if isinstance(runner, dict) else {runner}:
+            open_runner.close()
     summary["phases"]["evaluation"] = time.perf_counter() - t_phase
     paths = save_report(
         report,

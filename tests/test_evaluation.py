@@ -26,6 +26,7 @@ from distributed_reptile.evaluation import (
     paired_difference,
     random_init_weights,
     resolve_budgets,
+    select_adaptation_lr,
     student_t_ppf,
     summarize,
     t_interval,
@@ -371,3 +372,71 @@ def test_budgets_along_one_adaptation_run_equal_separate_runs(schedule, steps):
     ]
     assert chained == separate
     assert len({tuple(r) for r in separate}) > 1  # adaptation changed the returns
+
+
+# ---------------------------------------------------------------------------- adaptation step
+def test_each_init_adapts_with_the_step_that_scores_best_on_training_tasks():
+    env, _ = make_pointnav_task(0)
+    inits = {
+        "a": [random_init_weights(PPO, TINY_PPO, env, seed=3)],
+        "b": [random_init_weights(PPO, TINY_PPO, env, seed=4)],
+    }
+    train = held_out_specs("pointnav", 2, split="train")
+    budgets = Budgets(env_steps=(0, 100), rollouts=(0, 1), rollout_steps=100)
+    opened: list[float] = []
+
+    def make_runner(lr: float):
+        opened.append(lr)
+        return build_eval_runner(PPO, {**TINY_PPO, "learning_rate": lr}, backend="serial")
+
+    selection = select_adaptation_lr(make_runner, inits, train, budgets, [3e-2, 1e-3], episodes=1)
+    assert opened == [3e-2, 1e-3] and selection["split"] == "train"
+    positive = Budgets(env_steps=(100,), rollouts=(1,), rollout_steps=100)
+    for name, (weights,) in inits.items():
+        # recomputed by hand: each step's mean return after adaptation, budget 0 left out
+        by_hand = {
+            lr: float(
+                adaptation_returns(make_runner(lr), weights, train, positive, 1, seed=1)[0].mean()
+            )
+            for lr in (3e-2, 1e-3)
+        }
+        assert selection["scores"][name] == {repr(lr): v for lr, v in by_hand.items()}
+        assert selection["chosen"][name] == max(by_hand, key=by_hand.__getitem__)
+    # the held-out evaluation with one runner per init equals each init evaluated on its own
+    runners = {name: make_runner(lr) for name, lr in selection["chosen"].items()}
+    held_out = held_out_specs("pointnav", 2)
+    both = evaluate_inits(runners, inits, held_out, budgets, episodes=1, reference="a")
+    for name in inits:
+        alone = evaluate_inits(
+            runners[name], {name: inits[name]}, held_out, budgets, episodes=1, reference=name
+        )
+        assert both["episode_returns"][name] == alone["episode_returns"][name]
+
+
+@pytest.mark.parametrize(
+    ("candidates", "budget_steps", "message"),
+    [
+        ([], (0, 100), "non-empty list of finite numbers > 0"),
+        ([0.0], (0, 100), "non-empty list of finite numbers > 0"),
+        ([float("nan")], (0, 100), "non-empty list of finite numbers > 0"),
+        ([1e-3, 1e-3], (0, 100), "repeat"),
+        ([1e-3], (0,), "needs a budget above 0"),
+    ],
+)
+def test_choosing_the_step_refuses_bad_candidates_and_budgets(candidates, budget_steps, message):
+    budgets = Budgets(env_steps=budget_steps)
+    with pytest.raises(ValueError, match=message):
+        select_adaptation_lr(
+            lambda lr: pytest.fail("no runner may open"),
+            {"a": [{}]},
+            held_out_specs("pointnav", 1, split="train"),
+            budgets,
+            candidates,
+        )
+
+
+def test_evaluating_with_one_runner_per_init_needs_a_runner_for_each():
+    runner = build_eval_runner(PPO, TINY_PPO, backend="serial")
+    budgets = Budgets(env_steps=(0,))
+    with pytest.raises(ValueError, match=r"No runner for the initialisation\(s\) \['b'\]"):
+        evaluate_inits({"a": runner}, {"a": [{}], "b": [{}]}, [], budgets, reference="a")

@@ -5,6 +5,7 @@
   trainer's own workers, or :func:`build_eval_runner`), and summarises them with
   :func:`summarize`: mean and Student-t interval per init and budget, the gain from adaptation,
   and paired differences task by task.
+* :func:`select_adaptation_lr` chooses each initialisation's adaptation step on meta-train tasks.
 * :func:`save_report` writes the report as JSON, a PNG of adaptation curves and Markdown tables.
 * :class:`MetaEvalCallback` runs the evaluation every few outer steps during meta-training.
 * :func:`cli_main` is ``distributed-reptile evaluate CHECKPOINT ...``.
@@ -31,6 +32,7 @@ from distributed_reptile.evaluation.report import (
     save_report,
     write_json,
 )
+from distributed_reptile.evaluation.select import select_adaptation_lr
 from distributed_reptile.evaluation.stats import (
     paired_difference,
     student_t_cdf,
@@ -55,6 +57,7 @@ __all__ = [
     "resolve_task_callable",
     "rollout_size",
     "save_report",
+    "select_adaptation_lr",
     "student_t_cdf",
     "student_t_ppf",
     "summarize",

@@ -299,7 +299,7 @@ def declared_metrics(specs: Sequence[TaskSpec]) -> dict[str, dict[str, Any]]:
 
 
 def evaluate_inits(
-    runner: Runner,
+    runner: Runner | Mapping[str, Runner],
     inits: Mapping[str, Sequence[NumpyWeights]],
     specs: Sequence[TaskSpec],
     budgets: Budgets,
@@ -313,7 +313,8 @@ def evaluate_inits(
     """Evaluate every initialisation on the same tasks and budgets; return the report.
 
     :param runner: runs the jobs (a trainer's ``runner``: the same workers as training, or
-        :func:`build_eval_runner`).
+        :func:`build_eval_runner`), or one runner per initialisation (e.g. each adapting with the
+        step :func:`~distributed_reptile.evaluation.select_adaptation_lr` chose for it).
     :param inits: name -> one weights dict per training seed (e.g. ``{"meta": [w0, w1, w2],
         "random": [r0, r1, r2], "multitask": [m0, m1, m2]}``).
     :param specs: the held-out tasks (:func:`held_out_specs`).
@@ -333,6 +334,10 @@ def evaluate_inits(
         raise ValueError(
             f"The reference initialisation {reference!r} is not among {sorted(inits)}."
         )
+    if isinstance(runner, Mapping):
+        missing = sorted(set(inits) - set(runner))
+        if missing:
+            raise ValueError(f"No runner for the initialisation(s) {missing}: give one per init.")
     per_unit: dict[str, np.ndarray] = {}
     metric_rows: dict[str, dict[str, list[np.ndarray]]] = {}
     episodes_raw: dict[str, list[Any]] = {}
@@ -345,7 +350,14 @@ def evaluate_inits(
         for weights in weight_list:
             found: dict[str, np.ndarray] = {}
             means, raw = adaptation_returns(
-                runner, weights, specs, budgets, episodes, deterministic, seed, found
+                runner[name] if isinstance(runner, Mapping) else runner,
+                weights,
+                specs,
+                budgets,
+                episodes,
+                deterministic,
+                seed,
+                found,
             )
             rows.append(means)
             raws.append(raw)

@@ -1,0 +1,118 @@
+"""The adaptation step of each initialisation, chosen on meta-train tasks.
+
+The inner loop's learning rate suits meta-training (large steps that move every task's weights
+far from the meta-init), not necessarily adaptation from a good starting point: a meta-init that
+already acts well can lose return with the same step, while a random init needs it. Comparing the
+initialisations fairly means giving each the step that suits it, chosen without looking at the
+held-out tasks: :func:`select_adaptation_lr` adapts every initialisation with every candidate step
+on a few tasks of the *training* split, and keeps, per initialisation, the step with the highest
+mean return after adaptation (over the positive budgets, the tasks and the training seeds). The
+held-out evaluation then runs each initialisation with its own step
+(:func:`~distributed_reptile.evaluation.evaluate_inits` with one runner per initialisation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from distributed_reptile.evaluation.core import Budgets, adaptation_returns
+from distributed_reptile.runners.base import Runner
+from distributed_reptile.tasks.spec import TaskSpec
+from distributed_reptile.weights import NumpyWeights
+
+
+def _positive_budgets(budgets: Budgets) -> Budgets:
+    keep = [i for i, steps in enumerate(budgets.env_steps) if steps > 0]
+    if not keep:
+        raise ValueError(
+            f"Choosing an adaptation step needs a budget above 0, got {list(budgets.env_steps)}."
+        )
+    rollouts = None if budgets.rollouts is None else tuple(budgets.rollouts[i] for i in keep)
+    return Budgets(tuple(budgets.env_steps[i] for i in keep), rollouts, budgets.rollout_steps)
+
+
+def _finite(score: float) -> float:
+    """A non-finite mean return (a diverged adaptation) ranks last."""
+    return score if math.isfinite(score) else -math.inf
+
+
+def _check_candidates(candidates: Sequence[float]) -> list[float]:
+    out = [float(c) for c in candidates]
+    if not out or any(not math.isfinite(c) or c <= 0 for c in out):
+        raise ValueError(
+            f"Candidate adaptation learning rates must be a non-empty list of finite numbers > 0, "
+            f"got {list(candidates)!r}."
+        )
+    if len(set(out)) != len(out):
+        raise ValueError(f"Candidate adaptation learning rates repeat a value: {out!r}.")
+    return out
+
+
+def select_adaptation_lr(
+    make_runner: Callable[[float], Runner],
+    inits: Mapping[str, Sequence[NumpyWeights]],
+    specs: Sequence[TaskSpec],
+    budgets: Budgets,
+    candidates: Sequence[float],
+    episodes: int = 2,
+    deterministic: bool = True,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """Choose, per initialisation, the adaptation learning rate with the best mean return.
+
+    :param make_runner: a runner whose learner adapts with learning rate ``lr`` (e.g.
+        :func:`~distributed_reptile.evaluation.build_eval_runner` with ``learning_rate=lr``); each
+        is closed before the next opens.
+    :param inits: name -> one weights dict per training seed, as for ``evaluate_inits``.
+    :param specs: the tasks to choose on: the family's *training* split
+        (``held_out_specs(family, n, split="train")``), never the held-out tasks.
+    :param budgets: the adaptation budgets of the evaluation; those above 0 are scored.
+    :param candidates: the learning rates to try, in order (a tie keeps the first).
+    :param episodes: evaluation episodes per task and budget.
+    :param seed: seed of the adaptation and evaluation draws (use another than the held-out
+        evaluation's).
+    :return: ``{"chosen": {init: lr}, "scores": {init: {lr: mean return}}, "candidates",
+        "task_seeds", "split", "budgets", "episodes", "seconds", "criterion"}``.
+    """
+    lrs = _check_candidates(candidates)
+    if not specs:
+        raise ValueError("Choosing an adaptation step needs at least one task.")
+    scored = _positive_budgets(budgets)
+    scores: dict[str, dict[float, float]] = {name: {} for name in inits}
+    t0 = time.perf_counter()
+    for lr in lrs:
+        runner = make_runner(lr)
+        try:
+            for name, weight_list in inits.items():
+                means = [
+                    adaptation_returns(runner, w, specs, scored, episodes, deterministic, seed)[0]
+                    for w in weight_list
+                ]
+                scores[name][lr] = float(np.mean(means))
+        finally:
+            runner.close()
+    chosen = {
+        name: max(lrs, key=lambda lr, s=by_lr: (_finite(s[lr]), -lrs.index(lr)))
+        for name, by_lr in scores.items()
+    }
+    return {
+        "chosen": chosen,
+        "scores": {
+            name: {repr(lr): v for lr, v in by_lr.items()} for name, by_lr in scores.items()
+        },
+        "candidates": lrs,
+        "task_seeds": [s.random_seed for s in specs],
+        "split": [s.task_callable_params.get("split") for s in specs][0],
+        "budgets": scored.as_dict(),
+        "episodes": int(episodes),
+        "seconds": time.perf_counter() - t0,
+        "criterion": "mean return over the budgets above 0, the tasks and the training seeds",
+    }
+
+
+__all__ = ["select_adaptation_lr"]
