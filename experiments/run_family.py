@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed_reptile import ReptileMetaRL, TaskGenerator
     from distributed_reptile.evaluation import (
+        RunnersByStep,
         build_eval_runner,
         evaluate_inits,
         held_out_specs,
@@ -149,13 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     mt_refs: list[Any] = []
     if args.backend == "ray":
         # Logical CPUs: the learner actors plus one per multi-task job, which run alongside.
-        # With --adapt-lrs, one evaluation runner per chosen step is open at a time at the end.
         extra = 0 if args.no_multitask else len(args.seeds)
-        runners = len(args.adapt_lrs or [None])
-        ensure_ray(
-            num_cpus=max(args.num_workers + extra, args.num_workers * runners),
-            ray_init_kwargs={"log_to_driver": False},
-        )
+        ensure_ray(num_cpus=args.num_workers + extra, ray_init_kwargs={"log_to_driver": False})
         if not args.no_multitask:
             ckpt_root.mkdir(parents=True, exist_ok=True)
             remote = ray.remote(num_cpus=1)(_train_multitask_remote)
@@ -255,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["adaptation_lr_selection"] = selection
         summary["phases"]["adaptation_lr_selection"] = time.perf_counter() - t_phase
         print(json.dumps(selection), flush=True)
-        by_lr = {lr: make_runner(lr) for lr in sorted(set(selection["chosen"].values()))}
-        runner = {name: by_lr[lr] for name, lr in selection["chosen"].items()}
+        runner = RunnersByStep(make_runner, selection["chosen"])
     else:
         runner = make_runner()
     t_phase = time.perf_counter()
@@ -279,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     finally:
-        for open_runner in set(runner.values()) if isinstance(runner, dict) else {runner}:
-            open_runner.close()
+        runner.close()
     summary["phases"]["evaluation"] = time.perf_counter() - t_phase
     paths = save_report(
         report,

@@ -79,3 +79,20 @@ def test_evaluate_on_a_corrupted_checkpoint_says_what_is_wrong(run, tmp_path, ca
     assert main(["evaluate", str(copy / "meta_ckpt_outer_3"), "--backend", "serial"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "MANIFEST.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--adapt-lrs", "0.01", "0"], "--adapt-lrs must be finite numbers > 0"),
+        (["--adapt-lrs", "0.01", "0.01"], "--adapt-lrs repeats a value"),
+        (["--adapt-lrs", "0.01", "--budgets", "0"], "give a budget > 0"),
+        (["--adapt-lrs", "0.01", "--select-tasks", "0"], "--select-tasks must be at least 1"),
+    ],
+)
+def test_evaluate_refuses_bad_adaptation_steps_in_one_line(run, tmp_path, capsys, extra, message):
+    out = tmp_path / "e"
+    ckpt = str(run / "checkpoints" / "meta_ckpt_outer_3")
+    assert main(["evaluate", ckpt, "--backend", "serial", "--output", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and not out.exists()

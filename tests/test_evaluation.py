@@ -33,6 +33,7 @@ from distributed_reptile.evaluation import (
 )
 from distributed_reptile.tasks.families import make_pointnav_task
 from distributed_reptile.tasks.families.pointnav import PointNavEnv
+from distributed_reptile.weights import module_to_numpy
 
 TINY_PPO: dict[str, Any] = {
     "policy": "MlpPolicy",
@@ -228,8 +229,6 @@ def test_a_meta_init_trained_a_few_steps_beats_a_random_init():
             "random": [random_init_weights(PPO, TINY_PPO, make_corner_goal_task(0)[0], seed=5)]
         }
         meta.learn()
-        from distributed_reptile.weights import module_to_numpy
-
         specs = held_out_specs(make_corner_goal_task, 5)
         budgets = resolve_budgets(meta.meta_algo, rollouts=[0, 1])
         report = evaluate_inits(
@@ -440,3 +439,34 @@ def test_evaluating_with_one_runner_per_init_needs_a_runner_for_each():
     budgets = Budgets(env_steps=(0,))
     with pytest.raises(ValueError, match=r"No runner for the initialisation\(s\) \['b'\]"):
         evaluate_inits({"a": runner}, {"a": [{}], "b": [{}]}, [], budgets, reference="a")
+
+
+def test_cli_adapts_each_init_with_the_step_chosen_on_training_tasks(tmp_path: Path, ray_session):
+    with _trainer(
+        tasks_generator_params={"task_callable": make_pointnav_task},
+        outer_steps=1,
+        task_batch_size=2,
+        inner_steps=100,
+    ) as meta:
+        meta.learn(save_path=str(tmp_path / "ckpt"), save_prefix="meta")
+        meta_weights = module_to_numpy(meta.meta_policy)
+    out = tmp_path / "eval"
+    argv = [str(tmp_path / "ckpt" / "meta_outer_1"), "--backend", "ray", "--num-workers", "1"]
+    argv += ["--tasks", "2", "--episodes", "1", "--budgets", "0", "1", "--out", str(out)]
+    argv += ["--adapt-lrs", "0.03", "0.0003", "--select-tasks", "2", "--select-episodes", "1"]
+    assert cli_main(argv) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    selection = report["metadata"]["adaptation_lr_selection"]
+    assert selection["split"] == "train" and set(selection["chosen"]) == {"meta", "random"}
+    assert all(lr in (0.03, 0.0003) for lr in selection["chosen"].values())
+    assert "Adaptation learning rate of each initialisation" in (out / "evaluation.md").read_text()
+    # the meta-init's held-out returns are those of an adaptation with its chosen step
+    lr = selection["chosen"]["meta"]
+    by_hand = evaluate_inits(
+        build_eval_runner(PPO, {**TINY_PPO, "learning_rate": lr}, backend="serial"),
+        {"meta": [meta_weights]},
+        held_out_specs("pointnav", 2),
+        Budgets(env_steps=(0, 100), rollouts=(0, 1), rollout_steps=100),
+        episodes=1,
+    )
+    assert report["episode_returns"]["meta"] == by_hand["episode_returns"]["meta"]

@@ -32,7 +32,11 @@ from distributed_reptile.evaluation.report import (
     save_report,
     write_json,
 )
-from distributed_reptile.evaluation.select import select_adaptation_lr
+from distributed_reptile.evaluation.select import (
+    RunnersByStep,
+    adaptation_runner,
+    select_adaptation_lr,
+)
 from distributed_reptile.evaluation.stats import (
     paired_difference,
     student_t_cdf,
@@ -44,7 +48,9 @@ __all__ = [
     "DEFAULT_BUDGET_ROLLOUTS",
     "Budgets",
     "MetaEvalCallback",
+    "RunnersByStep",
     "adaptation_returns",
+    "adaptation_runner",
     "build_eval_runner",
     "cli_main",
     "evaluate_inits",

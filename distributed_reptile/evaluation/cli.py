@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -89,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-seed", type=int, default=0, help="seed of the adaptation and evaluation episodes"
     )
     parser.add_argument(
+        "--adapt-lrs",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LR",
+        help="candidate adaptation learning rates: each initialisation adapts to the held-out "
+        "tasks with the one that gives it the best mean return on --select-tasks tasks of the "
+        "training split (default: the checkpoint's inner learning rate for all)",
+    )
+    parser.add_argument(
+        "--select-tasks", type=int, default=6, help="training-split tasks to choose the step on"
+    )
+    parser.add_argument(
+        "--select-episodes", type=int, default=2, help="evaluation episodes when choosing the step"
+    )
+    parser.add_argument(
         "--backend",
         choices=list(backend_names()),
         default="ray",
@@ -114,12 +131,19 @@ def input_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line (``None``: nothing), checked before Ray starts."""
     from distributed_reptile.checkpoint_paths import checkpoint_problem
 
-    for name in ("tasks", "episodes", "num_workers"):
+    for name in ("tasks", "episodes", "num_workers", "select_tasks", "select_episodes"):
         if getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             return f"{flag} must be at least 1, got {getattr(args, name)}."
     if args.budgets is not None and any(b < 0 for b in args.budgets):
         return f"--budgets must be >= 0, got {args.budgets}."
+    if args.adapt_lrs is not None:
+        if any(not math.isfinite(lr) or lr <= 0 for lr in args.adapt_lrs):
+            return f"--adapt-lrs must be finite numbers > 0, got {args.adapt_lrs}."
+        if len(set(args.adapt_lrs)) != len(args.adapt_lrs):
+            return f"--adapt-lrs repeats a value: {args.adapt_lrs}."
+        if args.budgets is not None and not any(b > 0 for b in args.budgets):
+            return "--adapt-lrs chooses a step by the return after adaptation: give a budget > 0."
     if args.baseline and len(args.baseline) not in (1, len(args.checkpoints)):
         return (
             f"--baseline takes one model or one per checkpoint ({len(args.checkpoints)}), "
@@ -186,6 +210,11 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         resolve_task_callable,
     )
     from distributed_reptile.evaluation.report import save_report
+    from distributed_reptile.evaluation.select import (
+        RunnersByStep,
+        adaptation_runner,
+        select_adaptation_lr,
+    )
     from distributed_reptile.imports import import_path_of
     from distributed_reptile.weights import module_to_numpy
 
@@ -200,6 +229,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
     if args.ray_address:
         overrides["ray_address"] = args.ray_address
     meta = load_trainer(folders[0], **overrides)
+    runner: Any = None
     try:
         reference = module_to_numpy(meta.meta_policy)
         meta_weights = [reference]
@@ -238,8 +268,35 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 _check_same_keys(path, weights, reference)
                 baselines.append(weights)
             inits[args.baseline_name] = baselines
+        selection = None
+        if not args.adapt_lrs:
+            runner = meta.runner  # the trainer's own workers
+        else:
+            # new workers per step; the trainer's are never started
+
+            def make_runner(lr: float) -> Any:
+                return adaptation_runner(meta, learning_rate=lr)
+
+            train_specs = held_out_specs(
+                family_arg,
+                args.select_tasks,
+                seed=args.task_seed,
+                task_params=task_params,
+                split="train",
+            )
+            selection = select_adaptation_lr(
+                make_runner,
+                inits,
+                train_specs,
+                budgets,
+                args.adapt_lrs,
+                episodes=args.select_episodes,
+                deterministic=not args.stochastic,
+                seed=args.eval_seed + 1,
+            )
+            runner = RunnersByStep(make_runner, selection["chosen"])
         report = evaluate_inits(
-            meta.runner,
+            runner,
             inits,
             specs,
             budgets,
@@ -253,9 +310,12 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 "baselines": list(args.baseline),
                 "backend": args.backend,
                 "num_workers": args.num_workers,
+                "adaptation_lr_selection": selection,
             },
         )
     finally:
+        if isinstance(runner, RunnersByStep):
+            runner.close()
         meta.close()
     report["metadata"]["wall_seconds"] = time.perf_counter() - t0
     out = Path(args.output) if args.output else new_folder("evaluations", _short(family))

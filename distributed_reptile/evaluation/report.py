@@ -183,6 +183,16 @@ def report_to_markdown(report: Mapping[str, Any], digits: int = 1) -> str:
         for name, rows in summary["paired"].items():
             cells = [_fmt(r, digits + 2) + ("*" if r.get("excludes_zero") else "") for r in rows]
             lines.append(f"| {name} (paired) | " + " | ".join(cells) + " |")
+    selection = (report.get("metadata") or {}).get("adaptation_lr_selection")
+    if selection:
+        chosen = ", ".join(f"{name} {lr:g}" for name, lr in selection["chosen"].items())
+        lines += [
+            "",
+            "Adaptation learning rate of each initialisation, chosen among "
+            f"{', '.join(f'{c:g}' for c in selection['candidates'])} by the mean return after "
+            f"adaptation on {len(selection['task_seeds'])} tasks of the "
+            f"{selection.get('split') or 'training'} split: {chosen}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -13,9 +13,10 @@ held-out evaluation then runs each initialisation with its own step
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,4 +116,54 @@ def select_adaptation_lr(
     }
 
 
-__all__ = ["select_adaptation_lr"]
+class RunnersByStep(Mapping[str, Runner]):
+    """One runner per initialisation, each adapting with the step chosen for it
+    (``select_adaptation_lr(...)["chosen"]``), for ``evaluate_inits``.
+
+    A step's runner opens when an initialisation first asks for it and closes when one with
+    another step does, so only one runner's workers are alive at a time (``evaluate_inits`` goes
+    through the initialisations in order): no more workers than the machine was sized for.
+    Close it when done (or use it as a context manager).
+    """
+
+    def __init__(self, make_runner: Callable[[float], Runner], chosen: Mapping[str, float]):
+        self._make = make_runner
+        self._chosen = dict(chosen)
+        self._lr: float | None = None
+        self._runner: Runner | None = None
+
+    def __getitem__(self, name: str) -> Runner:
+        lr = self._chosen[name]
+        if self._runner is None or lr != self._lr:
+            self.close()
+            self._runner, self._lr = self._make(lr), lr
+        return self._runner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._chosen)
+
+    def __len__(self) -> int:
+        return len(self._chosen)
+
+    def close(self) -> None:
+        if self._runner is not None:
+            runner, self._runner, self._lr = self._runner, None, None
+            runner.close()
+
+    def __enter__(self) -> RunnersByStep:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def adaptation_runner(trainer: Any, **rl_algo_overrides: Any) -> Runner:
+    """A new runner of ``trainer``'s own inner loop (same learner, same execution backend), its
+    learner built with ``rl_algo_overrides`` over ``rl_algo_kwargs`` (e.g. ``learning_rate=0.01``).
+    Its workers are new ones: close it when done."""
+    factory = trainer._learner_factory()
+    params = {**factory.keywords["rl_algo_kwargs"], **rl_algo_overrides}
+    return trainer.execution.make_runner(functools.partial(factory, rl_algo_kwargs=params))
+
+
+__all__ = ["RunnersByStep", "adaptation_runner", "select_adaptation_lr"]
