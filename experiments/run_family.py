@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             args.adapt_lrs,
             episodes=args.select_episodes,
             seed=args.eval_seed + 1,
+            held_out=held_out_specs(family, args.tasks, task_params=task_params),
         )
         summary["adaptation_lr_selection"] = selection
         summary["phases"]["adaptation_lr_selection"] = time.perf_counter() - t_phase

@@ -18,6 +18,7 @@ from distributed_reptile.baselines import TaskSwitchingEnv, train_multitask
 from distributed_reptile.evaluation import (
     Budgets,
     MetaEvalCallback,
+    RunnersByStep,
     adaptation_returns,
     build_eval_runner,
     cli_main,
@@ -388,8 +389,11 @@ def test_each_init_adapts_with_the_step_that_scores_best_on_training_tasks():
         opened.append(lr)
         return build_eval_runner(PPO, {**TINY_PPO, "learning_rate": lr}, backend="serial")
 
-    selection = select_adaptation_lr(make_runner, inits, train, budgets, [3e-2, 1e-3], episodes=1)
-    assert opened == [3e-2, 1e-3] and selection["split"] == "train"
+    held_out = held_out_specs("pointnav", 2)
+    selection = select_adaptation_lr(
+        make_runner, inits, train, budgets, [3e-2, 1e-3], episodes=1, held_out=held_out
+    )
+    assert opened == [3e-2, 1e-3] and selection["overlaps_held_out"] == 0
     positive = Budgets(env_steps=(100,), rollouts=(1,), rollout_steps=100)
     for name, (weights,) in inits.items():
         # recomputed by hand: each step's mean return after adaptation, budget 0 left out
@@ -399,17 +403,53 @@ def test_each_init_adapts_with_the_step_that_scores_best_on_training_tasks():
             )
             for lr in (3e-2, 1e-3)
         }
+        assert by_hand[3e-2] != by_hand[1e-3]  # the step changes the adaptation
         assert selection["scores"][name] == {repr(lr): v for lr, v in by_hand.items()}
         assert selection["chosen"][name] == max(by_hand, key=by_hand.__getitem__)
     # the held-out evaluation with one runner per init equals each init evaluated on its own
     runners = {name: make_runner(lr) for name, lr in selection["chosen"].items()}
-    held_out = held_out_specs("pointnav", 2)
     both = evaluate_inits(runners, inits, held_out, budgets, episodes=1, reference="a")
     for name in inits:
         alone = evaluate_inits(
             runners[name], {name: inits[name]}, held_out, budgets, episodes=1, reference=name
         )
         assert both["episode_returns"][name] == alone["episode_returns"][name]
+
+
+def test_choosing_the_step_on_held_out_tasks_is_counted_and_warned_about():
+    env, _ = make_pointnav_task(0)
+    inits = {"a": [random_init_weights(PPO, TINY_PPO, env, seed=3)]}
+    specs = held_out_specs("pointnav", 2)
+    budgets = Budgets(env_steps=(0, 100), rollouts=(0, 1), rollout_steps=100)
+    with pytest.warns(UserWarning, match="2 of the 2 tasks .* equal held-out tasks"):
+        selection = select_adaptation_lr(
+            lambda lr: build_eval_runner(PPO, {**TINY_PPO, "learning_rate": lr}),
+            inits,
+            specs,
+            budgets,
+            [3e-3],
+            episodes=1,
+            held_out=specs,
+        )
+    assert selection["overlaps_held_out"] == 2
+
+
+class _Recorded:
+    def __init__(self, lr: float, log: list[str]) -> None:
+        self.lr, self.log = lr, log
+        log.append(f"open {lr}")
+
+    def close(self) -> None:
+        self.log.append(f"close {self.lr}")
+
+
+def test_runners_by_step_keeps_one_step_s_runner_open_at_a_time():
+    log: list[str] = []
+    runners = RunnersByStep(lambda lr: _Recorded(lr, log), {"a": 0.1, "b": 0.1, "c": 0.01})
+    assert list(runners) == ["a", "b", "c"] and len(runners) == 3
+    with runners:
+        assert [runners[n].lr for n in ("a", "a", "b", "c", "a")] == [0.1, 0.1, 0.1, 0.01, 0.1]
+    assert log == ["open 0.1", "close 0.1", "open 0.01", "close 0.01", "open 0.1", "close 0.1"]
 
 
 @pytest.mark.parametrize(
@@ -444,6 +484,7 @@ def test_evaluating_with_one_runner_per_init_needs_a_runner_for_each():
 def test_cli_adapts_each_init_with_the_step_chosen_on_training_tasks(tmp_path: Path, ray_session):
     with _trainer(
         tasks_generator_params={"task_callable": make_pointnav_task},
+        rl_algo_kwargs={**TINY_PPO, "device": "cpu"},
         outer_steps=1,
         task_batch_size=2,
         inner_steps=100,
@@ -451,19 +492,20 @@ def test_cli_adapts_each_init_with_the_step_chosen_on_training_tasks(tmp_path: P
         meta.learn(save_path=str(tmp_path / "ckpt"), save_prefix="meta")
         meta_weights = module_to_numpy(meta.meta_policy)
     out = tmp_path / "eval"
-    argv = [str(tmp_path / "ckpt" / "meta_outer_1"), "--backend", "ray", "--num-workers", "1"]
+    # 3 workers on the session's 4 CPUs: the trainer's must stop before each step's start
+    argv = [str(tmp_path / "ckpt" / "meta_outer_1"), "--backend", "ray", "--num-workers", "3"]
     argv += ["--tasks", "2", "--episodes", "1", "--budgets", "0", "1", "--out", str(out)]
-    argv += ["--adapt-lrs", "0.03", "0.0003", "--select-tasks", "2", "--select-episodes", "1"]
+    argv += ["--adapt-lrs", "0.03", "--select-tasks", "2", "--select-episodes", "1"]
     assert cli_main(argv) == 0
     report = json.loads((out / "evaluation.json").read_text())
     selection = report["metadata"]["adaptation_lr_selection"]
     assert selection["split"] == "train" and set(selection["chosen"]) == {"meta", "random"}
-    assert all(lr in (0.03, 0.0003) for lr in selection["chosen"].values())
+    assert selection["chosen"] == {"meta": 0.03, "random": 0.03}
     assert "Adaptation learning rate of each initialisation" in (out / "evaluation.md").read_text()
-    # the meta-init's held-out returns are those of an adaptation with its chosen step
-    lr = selection["chosen"]["meta"]
+    # the meta-init's held-out returns are those of an adaptation with the chosen step (the
+    # trainer's own is 3e-3)
     by_hand = evaluate_inits(
-        build_eval_runner(PPO, {**TINY_PPO, "learning_rate": lr}, backend="serial"),
+        build_eval_runner(PPO, {**TINY_PPO, "learning_rate": 0.03}, backend="serial"),
         {"meta": [meta_weights]},
         held_out_specs("pointnav", 2),
         Budgets(env_steps=(0, 100), rollouts=(0, 1), rollout_steps=100),

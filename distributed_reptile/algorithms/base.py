@@ -433,9 +433,7 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         if self._closed:
             return
         self._closed = True
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
+        self.close_runner()
         source = getattr(self, "task_source", None)
         if source is not None and hasattr(source, "close"):
             source.close()
@@ -445,6 +443,12 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         execution = getattr(self, "execution", None)
         if execution is not None:
             execution.close()
+
+    def close_runner(self) -> None:
+        """Stop the inner-loop workers; the next use of :attr:`runner` starts new ones."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            runner.close()
 
     def __enter__(self: SelfMeta) -> SelfMeta:
         return self

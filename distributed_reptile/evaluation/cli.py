@@ -272,7 +272,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
         if not args.adapt_lrs:
             runner = meta.runner  # the trainer's own workers
         else:
-            # new workers per step; the trainer's are never started
+            meta.close_runner()  # new workers per step, the trainer's stopped: no more than asked
 
             def make_runner(lr: float) -> Any:
                 return adaptation_runner(meta, learning_rate=lr)
@@ -293,6 +293,7 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
                 episodes=args.select_episodes,
                 deterministic=not args.stochastic,
                 seed=args.eval_seed + 1,
+                held_out=specs,
             )
             runner = RunnersByStep(make_runner, selection["chosen"])
         report = evaluate_inits(

@@ -191,7 +191,13 @@ def report_to_markdown(report: Mapping[str, Any], digits: int = 1) -> str:
             "Adaptation learning rate of each initialisation, chosen among "
             f"{', '.join(f'{c:g}' for c in selection['candidates'])} by the mean return after "
             f"adaptation on {len(selection['task_seeds'])} tasks of the "
-            f"{selection.get('split') or 'training'} split: {chosen}.",
+            f"{selection.get('split') or 'training'} split: {chosen}."
+            + (
+                f" {selection['overlaps_held_out']} of those tasks equal held-out tasks (the "
+                "family's splits overlap): the choice has seen them."
+                if selection.get("overlaps_held_out")
+                else ""
+            ),
         ]
     return "\n".join(lines) + "\n"
 

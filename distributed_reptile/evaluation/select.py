@@ -14,8 +14,10 @@ held-out evaluation then runs each initialisation with its own step
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +37,18 @@ def _positive_budgets(budgets: Budgets) -> Budgets:
         )
     rollouts = None if budgets.rollouts is None else tuple(budgets.rollouts[i] for i in keep)
     return Budgets(tuple(budgets.env_steps[i] for i in keep), rollouts, budgets.rollout_steps)
+
+
+def _overlaps(specs: Sequence[TaskSpec], held_out: Sequence[TaskSpec]) -> int:
+    """How many of ``specs`` describe the same task as one of ``held_out`` (the same ``info``
+    but for the name of the split)."""
+
+    def key(spec: TaskSpec) -> str:
+        info = {k: v for k, v in spec.describe()["info"].items() if k != "split"}
+        return json.dumps(info, sort_keys=True, default=repr)
+
+    seen = {key(s) for s in held_out}
+    return sum(key(s) in seen for s in specs)
 
 
 def _finite(score: float) -> float:
@@ -63,6 +77,7 @@ def select_adaptation_lr(
     episodes: int = 2,
     deterministic: bool = True,
     seed: int = 1,
+    held_out: Sequence[TaskSpec] = (),
 ) -> dict[str, Any]:
     """Choose, per initialisation, the adaptation learning rate with the best mean return.
 
@@ -77,6 +92,9 @@ def select_adaptation_lr(
     :param episodes: evaluation episodes per task and budget.
     :param seed: seed of the adaptation and evaluation draws (use another than the held-out
         evaluation's).
+    :param held_out: the held-out tasks the evaluation will use: a task chosen on that equals one
+        of them (same ``info``: a family whose splits overlap, like HalfCheetah direction) is
+        counted in ``"overlaps_held_out"`` and warned about.
     :return: ``{"chosen": {init: lr}, "scores": {init: {lr: mean return}}, "candidates",
         "task_seeds", "split", "budgets", "episodes", "seconds", "criterion"}``.
     """
@@ -84,6 +102,13 @@ def select_adaptation_lr(
     if not specs:
         raise ValueError("Choosing an adaptation step needs at least one task.")
     scored = _positive_budgets(budgets)
+    overlaps = _overlaps(specs, held_out)
+    if overlaps:
+        warnings.warn(
+            f"{overlaps} of the {len(specs)} tasks the adaptation step is chosen on equal held-out "
+            "tasks (this family's splits overlap): the choice has seen the held-out tasks.",
+            stacklevel=2,
+        )
     scores: dict[str, dict[float, float]] = {name: {} for name in inits}
     t0 = time.perf_counter()
     for lr in lrs:
@@ -111,6 +136,7 @@ def select_adaptation_lr(
         "split": [s.task_callable_params.get("split") for s in specs][0],
         "budgets": scored.as_dict(),
         "episodes": int(episodes),
+        "overlaps_held_out": overlaps,
         "seconds": time.perf_counter() - t0,
         "criterion": "mean return over the budgets above 0, the tasks and the training seeds",
     }
