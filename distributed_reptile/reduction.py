@@ -152,11 +152,47 @@ class FixedSum:
         self.count = 0
         #: Their total weight, as the integer ``sum_i rint(w_i * 2**40)``.
         self.weight = 0
+        #: Set by :meth:`finish`: the means, in float32 for the parameters named there and
+        #: float64 for the others, in place of the integer sums.
+        self.means: dict[str, np.ndarray] | None = None
+        #: Set by :meth:`finish`: each parameter's ``sum(mean**2)`` in float64 (before the cast).
+        self.squares: dict[str, float] | None = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # unpickled from another process, the arrays may be read-only views of the object store
+        state.setdefault("means", None)
+        state.setdefault("squares", None)
         self.__dict__.update(state)
         self._borrowed = set(self.sums)
+
+    @property
+    def names(self) -> list[str]:
+        """The parameters the sum covers, in the order of its first contribution."""
+        return list(self.means if self.means is not None else self.sums)
+
+    def finish(self, float32: Iterable[str]) -> None:
+        """Replace the integer sums by the means the meta-update needs, where the sum is (the
+        last worker to combine a step's sums, so that the driver receives half the bytes and
+        does not spend the time): per parameter, :meth:`mean_of`; its ``sum(mean**2)`` in
+        float64 (for the norm of the update); then the mean cast to float32 for the parameters
+        in ``float32`` (NumPy's cast rounds as torch's does). The same functions on the same
+        integers: the same bits as when the driver makes them. A finished sum cannot take more
+        tasks (:meth:`merge` refuses). No-op for a sum of no task or of total weight zero (the
+        driver reports those).
+        """
+        if self.means is not None or self.count == 0 or self.weight == 0:
+            return
+        cast = set(float32)
+        means: dict[str, np.ndarray] = {}
+        squares: dict[str, float] = {}
+        for name in list(self.sums):
+            mean = self.mean_of(name)
+            flat = mean.reshape(-1)
+            squares[name] = float(np.einsum("i,i->", flat, flat))  # (one thread, unlike BLAS)
+            means[name] = mean.astype(np.float32) if name in cast else mean
+            del self.sums[name]  # (one float64 temporary at a time)
+        self.means, self.squares = means, squares
+        self._borrowed.clear()
 
     def add(self, contribution: Contribution, task: str = "") -> None:
         """Add one task's contribution (``task`` names it in error messages)."""
@@ -175,6 +211,13 @@ class FixedSum:
         of a sum that is only read)."""
         if other.count == 0:
             return
+        if other.means is not None or self.means is not None:
+            if self.count or self.means is not None:
+                raise ValueError("A finished sum (means, no integer sums) cannot be added to.")
+            self.means, self.squares = other.means, other.squares
+            self.bounds, self.peaks = dict(other.bounds), dict(other.peaks)
+            self.count, self.weight = other.count, other.weight
+            return
         parts = {n: (s, other.bounds[n]) for n, s in other.sums.items()}
         self._accumulate(parts, other.peaks, other.count, other.weight, owned=False)
 
@@ -186,6 +229,8 @@ class FixedSum:
         weight: int,
         owned: bool,
     ) -> None:
+        if self.means is not None:
+            raise ValueError("A finished sum (means, no integer sums) cannot be added to.")
         if self.count and parts.keys() != self.sums.keys():
             raise ValueError(
                 f"Contributions cover different parameters: {sorted(parts)} and {sorted(self.sums)}."
@@ -233,6 +278,8 @@ class FixedSum:
         """
         if self.count == 0 or self.weight == 0:
             raise ValueError("mean() needs at least one task and a nonzero total weight.")
+        if self.means is not None:
+            raise ValueError("A finished sum holds its means already (FixedSum.means).")
         divisor = self.weight / 2**FRACTION_BITS  # exactly the task count when every weight is 1
         # ``ldexp(float64(sum) / divisor, -40)`` in two passes (a cast, then a division in
         # place): dividing by ``divisor * 2**40`` (an exact product) rounds to the same bits as
@@ -246,7 +293,8 @@ class FixedSum:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (what a partial sum costs to send)."""
-        return int(sum(s.nbytes for s in self.sums.values()))
+        arrays = self.means if self.means is not None else self.sums
+        return int(sum(s.nbytes for s in arrays.values()))
 
     @classmethod
     def of(cls, sums: Iterable[FixedSum]) -> FixedSum:

@@ -10,8 +10,10 @@ import signal
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 import ray
+import torch as th
 from conftest import assert_same_weights, cartpole_kwargs, weights_of
 from ray.exceptions import ObjectLostError
 
@@ -28,10 +30,16 @@ RUN: dict[str, Any] = {"outer_steps": 2, "task_batch_size": 8, "inner_steps": 64
 
 
 @pytest.fixture(scope="module")
-def serial_weights() -> dict[str, Any]:
+def serial_run() -> tuple[dict[str, Any], float]:
+    """The serial run's weights, and the norm of its last meta-update."""
     with ReptileMetaRL(**cartpole_kwargs(**RUN)) as meta:
         meta.learn()
-        return weights_of(meta)
+        return weights_of(meta), meta.last_update_norm
+
+
+@pytest.fixture(scope="module")
+def serial_weights(serial_run) -> dict[str, Any]:
+    return serial_run[0]
 
 
 def _ray_run(node_reduction: Any, **overrides: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -43,26 +51,45 @@ def _ray_run(node_reduction: Any, **overrides: Any) -> tuple[dict[str, Any], lis
         return weights_of(meta), list(meta.runner.retry_events)  # type: ignore[attr-defined]
 
 
-def _count_combines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _count_combines(
+    monkeypatch: pytest.MonkeyPatch, received: list[Any] | None = None
+) -> list[int]:
     calls: list[int] = []
     original = NodeSums.combine
 
     def counted(self: NodeSums) -> Any:
         calls.append(len(self.loose))
-        return original(self)
+        total = original(self)
+        if received is not None:
+            received.append(total)
+        return total
 
     monkeypatch.setattr(NodeSums, "combine", counted)
     return calls
 
 
 def test_node_reduction_gives_the_weights_of_per_call_sums_and_of_serial(
-    ray_session, serial_weights, monkeypatch: pytest.MonkeyPatch
+    ray_session, serial_run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    combines = _count_combines(monkeypatch)
-    on, events = _ray_run(True)
+    serial_weights, serial_norm = serial_run
+    received: list[Any] = []
+    combines = _count_combines(monkeypatch, received)
+    kwargs = cartpole_kwargs(**RUN, backend="ray", num_workers=2, node_reduction=True)
+    with ReptileMetaRL(**kwargs) as meta:
+        meta.learn()
+        on, events = weights_of(meta), list(meta.runner.retry_events)  # type: ignore[attr-defined]
+        on_norm = meta.last_update_norm
+        float32 = [n for n, p in meta.meta_params().items() if p.dtype == th.float32]
     assert len(combines) == RUN["outer_steps"] and all(n >= 1 for n in combines)
     assert events == []
     assert_same_weights(serial_weights, on)
+    assert on_norm == serial_norm  # the same float, though the worker made the means
+    # the step's one sum came back finished: float32 means in place of int64 sums
+    assert len(received) == RUN["outer_steps"]
+    for total in received:
+        assert total.sums == {} and total.means is not None
+        assert float32 and all(total.means[n].dtype == np.float32 for n in float32)
+        assert total.count == RUN["task_batch_size"]
     # one node here: "auto" leaves it off, as False does (each call's sum to the driver)
     off, _ = _ray_run("auto", tasks_per_call="auto")
     assert len(combines) == RUN["outer_steps"]

@@ -98,6 +98,48 @@ def test_any_order_and_grouping_gives_the_same_bits(weighted):
         )
 
 
+def test_a_finished_sum_holds_the_same_means_and_squares_and_takes_no_more_tasks():
+    """The last combine of a node-reduced step makes the means where the sum is: the same bits as
+    the driver's own arithmetic (float32 for the parameters named), half the bytes for float32,
+    and a finished sum cannot be added to, except as the first part of an empty one."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    contribs = _contributions(rng, 9, weighted=True)
+    total = FixedSum()
+    for c in contribs:
+        total.add(c)
+    means64 = total.mean()
+    int_bytes = total.nbytes
+    finished = pickle.loads(pickle.dumps(total))  # as a worker would have it
+    finished.finish(("w", "b"))
+    assert finished.sums == {} and finished.names == ["w", "b", "s"]
+    assert finished.means is not None and finished.squares is not None
+    for k in SHAPES:
+        want = means64[k].astype(np.float32) if k != "s" else means64[k]
+        assert finished.means[k].dtype == want.dtype
+        assert finished.means[k].tobytes() == want.tobytes()
+        flat = means64[k].reshape(-1)
+        assert finished.squares[k] == float(np.einsum("i,i->", flat, flat))
+    assert finished.nbytes < int_bytes
+    driver = pickle.loads(pickle.dumps(finished))  # as the driver receives it
+    step = FixedSum()
+    step.merge(driver)  # the step's stream adopts it
+    assert (step.count, step.weight) == (total.count, total.weight)
+    assert step.means is not None and step.means["w"].tobytes() == finished.means["w"].tobytes()
+    with pytest.raises(ValueError, match="finished sum"):
+        step.add(contribs[0])
+    with pytest.raises(ValueError, match="finished sum"):
+        step.merge(total)
+    with pytest.raises(ValueError, match="finished sum"):
+        total.merge(driver)
+    with pytest.raises(ValueError, match="holds its means"):
+        step.mean_of("w")
+    empty = FixedSum()
+    empty.finish(("w",))  # nothing to finish: the driver reports an empty step itself
+    assert empty.means is None
+
+
 def test_float32_deltas_give_the_reptile_mean_to_within_the_grid():
     rng = np.random.default_rng(1)
     phi = rng.standard_normal(1000).astype(np.float32)

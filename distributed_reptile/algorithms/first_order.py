@@ -177,9 +177,12 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
         if total.count == 0:
             return None
         params = self.meta_params()
-        missing = [n for n in params if n not in total.sums]
+        covered = set(total.names)
+        missing = [n for n in params if n not in covered]
         if missing:
             raise ValueError(f"The tasks' contributions leave out parameters {missing[:5]}.")
+        if total.means is not None:  # made where the sum was (FixedSum.finish): the same bits
+            return self._finished_mean(total, params)
         out: dict[str, th.Tensor] = {}
         squares = 0.0
         for n, p in params.items():
@@ -189,6 +192,30 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
             if p.dtype == th.float32:
                 mean = mean.astype(np.float32)
             out[n] = th.from_numpy(mean).to(device=p.device, dtype=p.dtype)
+        return out, float(np.sqrt(squares))
+
+    @staticmethod
+    def _finished_mean(
+        total: FixedSum, params: Mapping[str, th.nn.Parameter]
+    ) -> tuple[dict[str, th.Tensor], float]:
+        """:meth:`_mean_and_norm` of a finished sum: its means as tensors (read in place when
+        they lie in the object store: they are only read), the norm from its squares added in
+        the parameters' order, as above."""
+        assert total.means is not None and total.squares is not None
+        out: dict[str, th.Tensor] = {}
+        squares = 0.0
+        for n, p in params.items():
+            mean = total.means[n]
+            if mean.dtype != (np.float32 if p.dtype == th.float32 else np.float64):
+                raise ValueError(
+                    f"The mean of parameter {n!r} arrived as {mean.dtype} for a {p.dtype} "
+                    "parameter."
+                )
+            squares += total.squares[n]
+            with warnings.catch_warnings():  # a read-only view: torch warns, nothing writes it
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                tensor = th.from_numpy(mean)
+            out[n] = tensor.to(device=p.device, dtype=p.dtype)
         return out, float(np.sqrt(squares))
 
     def meta_update(self, results: Iterable[AdaptedResult], outer_step: int) -> None:

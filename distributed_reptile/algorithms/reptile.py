@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import ClassVar, Literal
 
 from distributed_reptile.algorithms.first_order import FirstOrderMetaAlgorithm
-from distributed_reptile.inner.learner import AdaptedResult
 
 
 class ReptileMetaRL(FirstOrderMetaAlgorithm):
@@ -19,17 +17,10 @@ class ReptileMetaRL(FirstOrderMetaAlgorithm):
     ``combine = "sum"``: each worker computes ``phi_i - phi`` (float64) for the tasks it ran and
     sends one exact fixed-point partial sum per actor call
     (:mod:`distributed_reptile.reduction`); the driver adds the partial sums as integers and takes
-    the mean. Integer sums do not depend on order or grouping, so the meta weights are the same
-    bit for bit on any backend, any number of workers and any ``tasks_per_call``, with or without
-    reruns. See :class:`BaseMetaAlgorithm` for the arguments.
+    the mean (with node reduction, the worker that combines the step's last sums takes it, by the
+    same arithmetic). Integer sums do not depend on order or grouping, so the meta weights are the
+    same bit for bit on any backend, any number of workers and any ``tasks_per_call``, with or
+    without reruns. See :class:`BaseMetaAlgorithm` for the arguments.
     """
 
     combine: ClassVar[Literal["all", "sum"]] = "sum"
-
-    def meta_update(self, results: Iterable[AdaptedResult], outer_step: int) -> None:
-        """``phi <- phi + lr * mean_i (phi_i - phi)``: ``results`` is a step's stream (partial
-        sums from the workers) or any results with adapted weights (the same sum, computed here)."""
-        meta_lr = self.get_meta_lr(outer_step)
-        # The results iterator may run inner loops in this process (serial backend): it is not
-        # consumed under no_grad.
-        self.apply_mean_delta(self.mean_delta_of(self.summed(results)), meta_lr)

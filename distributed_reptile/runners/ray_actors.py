@@ -104,12 +104,19 @@ class LearnerActor:
             results[0].partial = partial
         return results
 
-    def combine(self, refs: list[ray.ObjectRef], keep: bool) -> CombineReply:
+    def combine(
+        self, refs: list[ray.ObjectRef], keep: bool, finish: tuple[str, ...] | None = None
+    ) -> CombineReply:
         """The sum of the partial sums behind ``refs`` (references kept by other calls, nested in
         a list so that Ray passes them unread): kept in this node's object store (``keep``: a
-        :class:`StoredSum`) or sent back. Sums that cannot be read are left out and named."""
+        :class:`StoredSum`) or sent back. Sums that cannot be read are left out and named.
+
+        ``finish`` (the step's last combine, sent back): when every sum was read, the means
+        replace the sums (:meth:`FixedSum.finish`, float32 for the parameters named)."""
         total = FixedSum()
         lost = gather(refs, total)
+        if finish is not None and not keep and not lost:
+            total.finish(finish)
         out: StoredSum | FixedSum = total
         if keep:
             out = StoredSum(ray.put(total), ray.get_runtime_context().get_node_id())
@@ -234,9 +241,15 @@ class ActorPool:
             ref = actor.run.remote(jobs, weights_arg, reducer)
         return ref
 
-    def combine(self, idx: int, refs: list[ray.ObjectRef], keep: bool) -> ray.ObjectRef:
+    def combine(
+        self,
+        idx: int,
+        refs: list[ray.ObjectRef],
+        keep: bool,
+        finish: tuple[str, ...] | None = None,
+    ) -> ray.ObjectRef:
         """Queue :meth:`LearnerActor.combine` of ``refs`` on worker ``idx``; its reference."""
-        ref: ray.ObjectRef = self._actors[idx].combine.remote(list(refs), keep)
+        ref: ray.ObjectRef = self._actors[idx].combine.remote(list(refs), keep, finish)
         return ref
 
     def node_of(self, idx: int) -> str | None:

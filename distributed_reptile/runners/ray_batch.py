@@ -71,8 +71,12 @@ class BatchScheduler:
         retry_events: list[dict[str, Any]],
         reducer: TaskReducer | None = None,
         node_reduction: bool = False,
+        float32_names: tuple[str, ...] = (),
     ) -> None:
         self.pool = pool
+        #: The reduced parameters held in float32 (the step's last combine makes their means in
+        #: float32 where it runs; see :meth:`FixedSum.finish`).
+        self.float32_names = float32_names
         self.reducer = reducer
         self.weights_arg = weights_arg
         self.pipeline_depth = pipeline_depth

@@ -63,9 +63,15 @@ class WorkerPool(Protocol):
         ``fold`` to it; see :meth:`LearnerActor.run`)."""
         ...
 
-    def combine(self, idx: int, refs: list[ray.ObjectRef], keep: bool) -> ray.ObjectRef:
-        """Queue the sum of the kept partial sums ``refs`` on worker ``idx`` (see
-        :meth:`LearnerActor.combine`)."""
+    def combine(
+        self,
+        idx: int,
+        refs: list[ray.ObjectRef],
+        keep: bool,
+        finish: tuple[str, ...] | None = None,
+    ) -> ray.ObjectRef:
+        """Queue the sum of the kept partial sums ``refs`` on worker ``idx``, finished into means
+        with ``finish`` (see :meth:`LearnerActor.combine`)."""
         ...
 
     def node_of(self, idx: int) -> str | None:

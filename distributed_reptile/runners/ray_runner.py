@@ -195,6 +195,11 @@ class RayRunner:
             retry_events=self.retry_events,
             reducer=reducer,
             node_reduction=keep_sums,
+            float32_names=tuple(
+                n
+                for n in (reducer.names if reducer is not None else ())
+                if np.asarray(meta_weights[n]).dtype == np.float32
+            ),
         )
         try:
             yield from batch.results()

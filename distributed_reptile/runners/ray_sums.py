@@ -299,7 +299,10 @@ class NodeSums:
         if idx is None:  # no worker up: wait for one (or fail after worker_start_timeout_s)
             self.batch.wait_and_collect()
             return
-        self._fold(idx, list(self.loose), keep=False)
+        # The only sum the step will receive (nothing received yet): the worker makes the means
+        # there, unless it cannot read every sum (then more sums will follow, to be added up).
+        finish = None if self.received else self.batch.float32_names
+        self._fold(idx, list(self.loose), keep=False, finish=finish)
 
     def _worker_on(self, node: str | None) -> int | None:
         """The least busy worker up on ``node`` (any node: None), or None."""
@@ -310,10 +313,16 @@ class NodeSums:
         ready = [i for i in pool.ready_workers() if node is None or pool.node_of(i) == node]
         return min(ready, key=lambda i: len(queues[i]) + busy[i], default=None)
 
-    def _fold(self, idx: int, records: list[SumRecord], keep: bool) -> None:
+    def _fold(
+        self,
+        idx: int,
+        records: list[SumRecord],
+        keep: bool,
+        finish: tuple[str, ...] | None = None,
+    ) -> None:
         given = {id(r) for r in records}
         self.loose = [r for r in self.loose if id(r) not in given]
-        ref = self.batch.pool.combine(idx, [r.ref for r in records], keep)
+        ref = self.batch.pool.combine(idx, [r.ref for r in records], keep, finish)
         self.folding[ref] = FoldCall(idx, records, keep, time.perf_counter())
 
     def fold_limit(self) -> float:
