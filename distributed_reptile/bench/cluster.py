@@ -16,7 +16,8 @@ Three modes side by side (``--modes`` picks some), per ``P`` and ``B`` (tasks pe
 * ``reduced``: ``ReptileMetaRL`` (``combine = "sum"``, ``tasks_per_call="auto"``,
   ``node_reduction=False``): each actor call sends one int64 partial sum;
 * ``node``: the same with ``node_reduction=True`` (what ``"auto"`` picks on several nodes): the
-  calls keep their sums on their nodes, which combine them, and one sum reaches the driver.
+  calls keep their sums on their nodes, which combine them, and the step's mean, made by the
+  last combine, reaches the driver.
 
 Per outer step: driver CPU seconds (``time.process_time``), bytes into and out of the driver's
 node (the bridge's counters) and per node (its veth's), step time beyond the sleep, peak driver
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "node_reduction=False: one int64 partial sum per actor call to the driver",
                 "node": "ReptileMetaRL (combine='sum'), tasks_per_call='auto', "
                 "node_reduction=True: the calls' sums combined on their nodes, then on one "
-                "worker; one int64 sum per outer step to the driver",
+                "worker, which makes the mean; one float32 mean per outer step to the driver",
             }.items()
             if mode in args.mode_list
         },
