@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from presets import PRESETS, get_preset, multitask_kwargs  # noqa: E402
 
+from distributed_reptile.evaluation.cli import add_selection_arguments  # noqa: E402
+
 
 def _train_multitask_remote(
     family: str,
@@ -90,21 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-multitask", action="store_true", help="skip the multi-task baseline")
     parser.add_argument("--eval-seed", type=int, default=0)
-    parser.add_argument(
-        "--adapt-lrs",
-        type=float,
-        nargs="+",
-        default=None,
-        help="candidate adaptation learning rates: each initialisation adapts to the held-out "
-        "tasks with the one that gives it the best mean return on --select-tasks tasks of the "
-        "training split (default: the preset's inner learning rate for every initialisation)",
-    )
-    parser.add_argument(
-        "--select-tasks", type=int, default=6, help="training-split tasks to choose the step on"
-    )
-    parser.add_argument(
-        "--select-episodes", type=int, default=2, help="evaluation episodes when choosing the step"
-    )
+    add_selection_arguments(parser, "the preset's inner learning rate for every initialisation")
     args = parser.parse_args(argv)
 
     import numpy as np

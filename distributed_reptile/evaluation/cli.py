@@ -89,22 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--eval-seed", type=int, default=0, help="seed of the adaptation and evaluation episodes"
     )
-    parser.add_argument(
-        "--adapt-lrs",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="LR",
-        help="candidate adaptation learning rates: each initialisation adapts to the held-out "
-        "tasks with the one that gives it the best mean return on --select-tasks tasks of the "
-        "training split (default: the checkpoint's inner learning rate for all)",
-    )
-    parser.add_argument(
-        "--select-tasks", type=int, default=6, help="training-split tasks to choose the step on"
-    )
-    parser.add_argument(
-        "--select-episodes", type=int, default=2, help="evaluation episodes when choosing the step"
-    )
+    add_selection_arguments(parser, "the checkpoint's inner learning rate for all")
     parser.add_argument(
         "--backend",
         choices=list(backend_names()),
@@ -125,6 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_debug_option(parser)
     return parser
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--adapt-lrs``, ``--select-tasks`` and ``--select-episodes`` (the choice of adaptation
+    step on training tasks; ``default`` says what adapts without ``--adapt-lrs``)."""
+    parser.add_argument(
+        "--adapt-lrs",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LR",
+        help="candidate adaptation learning rates: each initialisation adapts to the held-out "
+        "tasks with the one that gives it the best mean return on --select-tasks tasks of the "
+        f"training split (default: {default})",
+    )
+    parser.add_argument(
+        "--select-tasks", type=int, default=6, help="training-split tasks to choose the step on"
+    )
+    parser.add_argument(
+        "--select-episodes", type=int, default=2, help="evaluation episodes when choosing the step"
+    )
 
 
 def input_problem(args: argparse.Namespace) -> str | None:
