@@ -177,8 +177,9 @@ class FixedSum:
         float64 (for the norm of the update); then the mean cast to float32 for the parameters
         in ``float32`` (NumPy's cast rounds as torch's does). The same functions on the same
         integers: the same bits as when the driver makes them. A finished sum cannot take more
-        tasks (:meth:`merge` refuses). No-op for a sum of no task or of total weight zero (the
-        driver reports those).
+        tasks (:meth:`merge` refuses). The driver's meta-update makes its means here too, unless
+        the worker did. No-op for a sum of no task or of total weight zero (the driver reports
+        those).
         """
         if self.means is not None or self.count == 0 or self.weight == 0:
             return
@@ -211,7 +212,7 @@ class FixedSum:
         of a sum that is only read)."""
         if other.count == 0:
             return
-        if other.means is not None or self.means is not None:
+        if other.means is not None:  # adopted whole by an empty sum (the step's stream)
             if self.count or self.means is not None:
                 raise ValueError("A finished sum (means, no integer sums) cannot be added to.")
             self.means, self.squares = other.means, other.squares

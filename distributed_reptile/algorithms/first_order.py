@@ -165,15 +165,17 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
 
     def mean_delta_of(self, total: FixedSum) -> dict[str, th.Tensor] | None:
         """The mean of an exact sum, cast to each parameter's dtype and device (``None`` when no
-        task was kept)."""
+        task was kept). ``total`` is finished on the way (:meth:`FixedSum.finish`: its means
+        replace its integer sums)."""
         found = self._mean_and_norm(total)
         return None if found is None else found[0]
 
     def _mean_and_norm(self, total: FixedSum) -> tuple[dict[str, th.Tensor], float] | None:
-        """:meth:`mean_delta_of`, and the Euclidean norm of the float64 means, one parameter's
-        float64 mean at a time. (NumPy casts float64 to float32 with the same rounding as torch,
-        in half the time; a float64 dot product of the mean costs a third of the CPU time of
-        ``vector_norm(dtype=float64)`` on the cast tensor.)"""
+        """:meth:`mean_delta_of`, and the Euclidean norm of the float64 means. The means come
+        from :meth:`FixedSum.finish` (made here, or already by the worker of a node-reduced
+        step's last combine: one piece of arithmetic, so the same bits either way); they are
+        read in place when they lie in the object store (they are only read), and the norm adds
+        the squares in the parameters' order."""
         if total.count == 0:
             return None
         params = self.meta_params()
@@ -181,27 +183,10 @@ class FirstOrderMetaAlgorithm(BaseMetaAlgorithm):
         missing = [n for n in params if n not in covered]
         if missing:
             raise ValueError(f"The tasks' contributions leave out parameters {missing[:5]}.")
-        if total.means is not None:  # made where the sum was (FixedSum.finish): the same bits
-            return self._finished_mean(total, params)
-        out: dict[str, th.Tensor] = {}
-        squares = 0.0
-        for n, p in params.items():
-            mean = total.mean_of(n)
-            flat = mean.reshape(-1)
-            squares += float(np.einsum("i,i->", flat, flat))  # (one thread, unlike BLAS dot)
-            if p.dtype == th.float32:
-                mean = mean.astype(np.float32)
-            out[n] = th.from_numpy(mean).to(device=p.device, dtype=p.dtype)
-        return out, float(np.sqrt(squares))
-
-    @staticmethod
-    def _finished_mean(
-        total: FixedSum, params: Mapping[str, th.nn.Parameter]
-    ) -> tuple[dict[str, th.Tensor], float]:
-        """:meth:`_mean_and_norm` of a finished sum: its means as tensors (read in place when
-        they lie in the object store: they are only read), the norm from its squares added in
-        the parameters' order, as above."""
-        assert total.means is not None and total.squares is not None
+        if total.means is None:
+            total.finish(n for n, p in params.items() if p.dtype == th.float32)
+        if total.means is None or total.squares is None:  # (finish leaves a zero weight alone)
+            raise ValueError("mean() needs at least one task and a nonzero total weight.")
         out: dict[str, th.Tensor] = {}
         squares = 0.0
         for n, p in params.items():
