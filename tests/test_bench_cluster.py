@@ -87,6 +87,11 @@ def test_cluster_benchmark_runs_every_mode_and_leaves_nothing(tmp_path: Path) ->
         assert r["step_seconds"]["median"] >= 0.05 * r["batch"] / 2
         assert _finite(r["beyond_sleep_seconds"]["median"])
         assert r["peak_rss_bytes"]["max"] > 0
+        # the task-source actor's CPU (found on the head; a few draws stay under the kernel's
+        # 10 ms tick) and the driver's wait for each step's tasks
+        assert all(_finite(s["source_cpu_seconds"]) for s in r["steps"])
+        assert r["source_cpu_seconds"]["min"] >= 0
+        assert 0 <= r["sample_seconds"]["max"] < r["step_seconds"]["max"]
         for step in r["steps"]:
             # one worker on each node, none on the head
             assert sorted(step["tasks_per_node"]) == ["node1", "node2"]
@@ -118,6 +123,7 @@ def test_cluster_benchmark_runs_every_mode_and_leaves_nothing(tmp_path: Path) ->
     assert set(report["settings"]["modes"]) == {"flat", "reduced", "node"}
     names = {t["name"] for t in report["targets"]}
     assert {"bytes_p10000_b4", "cpu_b1024_p10k", "cpu_b64_p10m"} <= names
+    assert "source_keeps_up_b1024_p10000" in names  # not measured here (no B = 1024)
     for t in report["targets"]:
         assert t["status"] in ("PASS", "MISS", "n/a")
 

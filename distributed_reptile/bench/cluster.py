@@ -183,6 +183,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "idle traffic of Ray included (network.idle_bytes_per_second)",
         "memory": "peak RSS of the driver process, sampled every 5 ms by a thread",
         "beyond_sleep": "trainer step_seconds - ceil(B / workers) * sleep_seconds",
+        "task_source": "source_cpu_seconds: user + system CPU of the task-source actor's process "
+        "over the outer step, in the kernel's clock ticks (10 ms) (it draws the next steps' tasks "
+        "while this step's inner loops run); "
+        "sample_seconds: the driver's wait for the step's tasks (the trainer's record)",
         "seed": args.seed,
     }
     report = new_report(NAME, settings)
@@ -278,10 +282,12 @@ def _summarize(group: dict[str, Any], args: argparse.Namespace, workers: int) ->
     out: dict[str, Any] = {k: group[k] for k in keys}
     for key in (
         "driver_cpu_seconds", "driver_cpu_per_task_ms", "step_seconds", "beyond_sleep_seconds",
-        "wall_seconds", "wait_seconds", "meta_update_seconds", "peak_rss_bytes",
-        "peak_private_bytes",
+        "wall_seconds", "wait_seconds", "meta_update_seconds", "sample_seconds",
+        "peak_rss_bytes", "peak_private_bytes",
     ):  # fmt: skip
         out[key] = summarize([s[key] for s in steps])
+    if steps and all(s.get("source_cpu_seconds") is not None for s in steps):
+        out["source_cpu_seconds"] = summarize([s["source_cpu_seconds"] for s in steps])
     if steps and steps[0]["driver_node_in_bytes"] is not None:
         for s in steps:
             s["nodes_out_sum_bytes"] = sum(n["out_bytes"] for n in s["nodes"].values())
@@ -357,6 +363,18 @@ def _targets(report: dict[str, Any], args: argparse.Namespace) -> list[Target]:
     targets.append(Target("cpu_b64_p10m", f"{mode}, B=64, P=10M: driver CPU per outer step "
                           "(median)", measured(10_000_000, 64, "driver_cpu_seconds"), "<=", 0.2, "s"))  # fmt: skip
     for size in args.size_list:
+        sample, step = measured(size, 1024, "sample_seconds"), measured(size, 1024, "step_seconds")
+        targets.append(
+            Target(
+                f"source_keeps_up_b1024_p{size}",
+                f"{mode}, B=1024, P={size:,}: the driver's wait for the step's 1024 tasks, share "
+                "of the step time (median)",
+                None if sample is None or not step else 100.0 * sample / step,
+                "<=",
+                1.0,
+                "%",
+            )
+        )
         targets.append(
             Target(
                 f"cpu_per_task_b1024_p{size}",
@@ -379,6 +397,8 @@ def _print(results: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> None
             "cpu_task": r["driver_cpu_per_task_ms"]["median"],
             "mb_in": r["driver_node_in_bytes"]["median"] / 1e6 if "driver_node_in_bytes" in r else None,
             "rss": r["peak_rss_bytes"]["max"] / MB,
+            "source": r["source_cpu_seconds"]["median"] if "source_cpu_seconds" in r else None,
+            "sample": r["sample_seconds"]["median"],
         }
         for r in results
     ]  # fmt: skip
@@ -389,6 +409,7 @@ def _print(results: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> None
             ("tpc", "tasks/call", "d"), ("step", "step s", ".3f"), ("beyond", "beyond sleep s", ".3f"),
             ("cpu", "driver CPU s", ".3f"), ("cpu_task", "CPU/task ms", ".3f"),
             ("mb_in", "MB into driver node", ".2f"), ("rss", "peak RSS MiB", ".0f"),
+            ("source", "source CPU s", ".3f"), ("sample", "tasks wait s", ".3f"),
         ],
     )  # fmt: skip
     for s in skipped:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import psutil
 
 from distributed_reptile import ReptileMetaRL
 from distributed_reptile.bench.common import RssSampler
@@ -63,36 +64,78 @@ class TimedSampler(RssSampler):
             self.cpu_seconds = time.thread_time() - t0
 
 
-class StepProbe(MetaCallback):
-    """Per outer step: driver CPU and wall seconds, interface counters, peak driver memory."""
+def _cpu_of(proc: psutil.Process | None) -> float | None:
+    """User + system CPU seconds of a process (``None``: not known, or gone)."""
+    if proc is None:
+        return None
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
 
-    def __init__(self, interfaces: dict[str, str], sampler: TimedSampler) -> None:
+
+def source_pid(meta: Any) -> int | None:
+    """The pid of the trainer's task-source actor (it runs on the head, beside the driver), or
+    ``None`` when the source is not an actor."""
+    import ray
+
+    actor = getattr(getattr(meta, "task_source", None), "actor", None)
+    if actor is None:
+        return None
+    return int(ray.get(actor.__ray_call__.remote(lambda _self: os.getpid())))
+
+
+class StepProbe(MetaCallback):
+    """Per outer step: driver CPU and wall seconds, interface counters, peak driver memory, the
+    task source's CPU seconds (``source_pid``) and the driver's wait for the step's tasks."""
+
+    def __init__(
+        self, interfaces: dict[str, str], sampler: TimedSampler, source_pid: int | None = None
+    ) -> None:
         super().__init__()
         self.interfaces = interfaces
         self.sampler = sampler
+        self.source: psutil.Process | None = None
+        if source_pid is not None:
+            try:
+                self.source = psutil.Process(source_pid)
+            except psutil.Error:
+                self.source = None
         self.steps: list[dict[str, Any]] = []
-        self._start: tuple[dict[str, dict[str, int]], float, float, float] = ({}, 0, 0, 0)
+        self._start: tuple[dict[str, dict[str, int]], float, float, float, float | None] = (
+            {}, 0, 0, 0, None
+        )  # fmt: skip
 
     def _on_outer_step_start(self, outer_step: int) -> None:
         self.sampler.mark()
         counters = read_counters(self.interfaces)
         self._start = (
-            counters, time.perf_counter(), self.sampler.cpu_seconds, time.process_time()
+            counters, time.perf_counter(), self.sampler.cpu_seconds, time.process_time(),
+            _cpu_of(self.source),
         )  # fmt: skip
 
     def _on_outer_step_end(self, record: Any) -> bool:
         cpu = time.process_time()
         sampling = self.sampler.cpu_seconds
         wall = time.perf_counter()
+        source = _cpu_of(self.source)
         counters = read_counters(self.interfaces)
-        before, wall0, sampling0, cpu0 = self._start
+        before, wall0, sampling0, cpu0, source0 = self._start
+        drawing = None if source is None or source0 is None else source - source0
         peak = self.sampler.peaks()["driver"]
         delta = {k: {d: counters[k][d] - before[k][d] for d in ("rx", "tx")} for k in counters}
         self.steps.append(
             {
                 # the memory sampler's own thread left out
                 "driver_cpu_seconds": cpu - cpu0 - (sampling - sampling0),
+                # the benchmark's memory-sampling thread (every 5 ms): grows with the wall time
                 "sampler_cpu_seconds": sampling - sampling0,
+                # the task-source actor's process over the step (it draws the next steps' tasks
+                # while this one's inner loops run)
+                "source_cpu_seconds": drawing,
+                # the driver's wait for the step's tasks (drawn ahead except on a run's first step)
+                "sample_seconds": record["sample_seconds"],
                 "wall_seconds": wall - wall0,
                 "step_seconds": record["step_seconds"],
                 "wait_seconds": record["wait_seconds"],
@@ -252,7 +295,7 @@ def _run_size(
             for batch in batches:
                 meta.task_batch_size = batch
                 meta.meta_policy.load_state_dict(initial)
-                probe = StepProbe(spec["interfaces"], sampler)
+                probe = StepProbe(spec["interfaces"], sampler, source_pid(meta))
                 meta.learn(
                     outer_steps=spec["outer_steps"], task_seed_mode="meta_step", callback=probe
                 )
