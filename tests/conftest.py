@@ -76,13 +76,3 @@ def ray_session():
     yield ray
     if started == "started":
         ray.shutdown()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's ``--dist loadgroup``: a file's tests run in one test process (its
-    module fixtures are made once), and every multi-node test (clusters of Ray nodes in network
-    namespaces, Ray's default health checks) in the same process, one after another, so two of
-    them never share the cores."""
-    for item in items:
-        group = "multinode" if item.get_closest_marker("multinode") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
