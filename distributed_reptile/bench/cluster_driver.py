@@ -101,7 +101,7 @@ class StepProbe(MetaCallback):
             try:
                 self.source = psutil.Process(source_pid)
             except psutil.Error:
-                self.source = None
+                pass  # gone: no figure
         self.steps: list[dict[str, Any]] = []
         self._start: tuple[dict[str, dict[str, int]], float, float, float, float | None] = (
             {}, 0, 0, 0, None
@@ -292,10 +292,11 @@ def _run_size(
                  "workers_per_node": placement}
             )  # fmt: skip
             meta.learn(outer_steps=1, task_seed_mode="meta_step")  # warm-up: the actors' first call
+            source = source_pid(meta)  # the trainer's one task source, for all its batches
             for batch in batches:
                 meta.task_batch_size = batch
                 meta.meta_policy.load_state_dict(initial)
-                probe = StepProbe(spec["interfaces"], sampler, source_pid(meta))
+                probe = StepProbe(spec["interfaces"], sampler, source)
                 meta.learn(
                     outer_steps=spec["outer_steps"], task_seed_mode="meta_step", callback=probe
                 )
