@@ -69,17 +69,19 @@ def check_task_retries(task_retries: Any) -> int:
 
 
 def check_tasks_per_call(tasks_per_call: Any) -> int | str:
-    """``tasks_per_call`` as an int >= 1 or ``"auto"``, or a ValueError that names the fix."""
-    if tasks_per_call == "auto":
-        return "auto"
+    """``tasks_per_call`` as an int >= 1, ``"auto"`` or ``"guided"``, or a ValueError that names
+    the fix."""
+    if tasks_per_call in ("auto", "guided"):
+        return str(tasks_per_call)
     if (
         isinstance(tasks_per_call, bool)
         or not isinstance(tasks_per_call, int)
         or tasks_per_call < 1
     ):
         raise ValueError(
-            "tasks_per_call must be an integer >= 1 (tasks sent to a Ray worker in one call) or "
-            f"'auto' (the batch split evenly over the workers), got {tasks_per_call!r}."
+            "tasks_per_call must be an integer >= 1 (tasks sent to a Ray worker in one call), "
+            "'auto' (the batch split evenly over the workers) or 'guided' (calls that shrink as "
+            f"the batch runs out), got {tasks_per_call!r}."
         )
     return tasks_per_call
 
@@ -177,7 +179,7 @@ def _named(check: Callable[[Any, str], Any]) -> Callable[[Any, ValidationInfo], 
 PositiveInt = Annotated[int, BeforeValidator(_named(check_positive_int))]
 NumWorkers = Annotated[int | Literal["auto"], BeforeValidator(check_num_workers)]
 TaskRetries = Annotated[int, BeforeValidator(check_task_retries)]
-TasksPerCall = Annotated[int | Literal["auto"], BeforeValidator(check_tasks_per_call)]
+TasksPerCall = Annotated[int | Literal["auto", "guided"], BeforeValidator(check_tasks_per_call)]
 NodeReduction = Annotated[bool | Literal["auto"], BeforeValidator(check_node_reduction)]
 TaskTimeout = Annotated[float | None, BeforeValidator(check_task_timeout)]
 Backend = Annotated[str, BeforeValidator(check_backend)]

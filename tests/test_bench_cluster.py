@@ -52,6 +52,11 @@ def test_the_default_sweep_skips_what_does_not_fit_and_says_why() -> None:
     assert parse_choice_list("node, flat", MODES, "--modes") == ["flat", "node"]
     with pytest.raises(BenchInputError, match="--modes takes"):
         parse_choice_list("flat,nodes", MODES, "--modes")
+    parsed = build_parser().parse_args(["cluster", "--tasks-per-call", "guided"])
+    assert parsed.tasks_per_call == "guided" and parsed.slow_factor == 1.0
+    assert build_parser().parse_args(["cluster", "--tasks-per-call", "16"]).tasks_per_call == 16
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "--tasks-per-call", "balanced"])
 
 
 @pytest.mark.multinode
@@ -82,6 +87,7 @@ def test_cluster_benchmark_runs_every_mode_and_leaves_nothing(tmp_path: Path) ->
     for r in results:
         assert 9_000 <= r["parameters"] <= 11_000
         assert r["tasks_per_call"] == (1 if r["mode"] == "flat" else r["batch"] // 2)
+        assert r["calls"] == (r["batch"] if r["mode"] == "flat" else 2)
         assert len(r["steps"]) == 2
         assert r["driver_cpu_seconds"]["median"] > 0
         assert r["step_seconds"]["median"] >= 0.05 * r["batch"] / 2

@@ -361,7 +361,9 @@ def test_bad_runner_options_are_refused():
     with pytest.raises(ValueError, match="task_timeout_s must be a positive number of seconds"):
         RayRunner(factory, num_workers=1, task_timeout_s=0)
     for bad in (0, "all", 1.5, True):
-        with pytest.raises(ValueError, match="tasks_per_call must be an integer >= 1 .* or 'auto'"):
+        with pytest.raises(
+            ValueError, match="tasks_per_call must be an integer >= 1 .* 'auto' .* or 'guided'"
+        ):
             RayRunner(factory, num_workers=1, tasks_per_call=bad)
     with pytest.raises(ValueError, match="tasks_per_call must be"):
         ReptileMetaRL(**cartpole_kwargs(tasks_per_call=0))

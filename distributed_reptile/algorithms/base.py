@@ -105,7 +105,7 @@ class BaseMetaAlgorithm(SB3Surface, ABC):
         max_task_retries: int = 3,
         task_retries: int = 2,
         task_timeout_s: float | None = None,
-        tasks_per_call: int | Literal["auto"] = 1,
+        tasks_per_call: int | Literal["auto", "guided"] = 1,
         node_reduction: bool | Literal["auto"] = "auto",
         connect_timeout_s: float | None = 30.0,
         worker_start_timeout_s: float | None = 600.0,

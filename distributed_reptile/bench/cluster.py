@@ -13,8 +13,9 @@ Three modes side by side (``--modes`` picks some), per ``P`` and ``B`` (tasks pe
 
 * ``flat``: :class:`~distributed_reptile.bench.cluster_driver.FlatReptile` (``combine = "all"``): every task's adapted weights go to the
   driver, which sums them exactly itself;
-* ``reduced``: ``ReptileMetaRL`` (``combine = "sum"``, ``tasks_per_call="auto"``,
-  ``node_reduction=False``): each actor call sends one int64 partial sum;
+* ``reduced``: ``ReptileMetaRL`` (``combine = "sum"``, ``tasks_per_call`` from
+  ``--tasks-per-call``, ``"auto"`` by default, ``node_reduction=False``): each actor call sends one
+  int64 partial sum;
 * ``node``: the same with ``node_reduction=True`` (what ``"auto"`` picks on several nodes): the
   calls keep their sums on their nodes, which combine them, and the step's mean, made by the
   last combine, reaches the driver.
@@ -59,6 +60,7 @@ from distributed_reptile.bench.common import (
     write_report,
 )
 from distributed_reptile.bench.netns import ClusterNet, RayNodes, namespace_support
+from distributed_reptile.settings import check_tasks_per_call
 
 NAME = "cluster"
 #: Memory of one idle node (raylet, agents, an idle worker) and of one learner actor, for the check.
@@ -116,8 +118,10 @@ def _check(args: argparse.Namespace) -> None:
             raise BenchInputError(
                 f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}."
             )
-    if args.sleep < 0 or args.worker_cpus <= 0 or args.max_step_gib <= 0:
-        raise BenchInputError("--sleep must be >= 0, --worker-cpus and --max-step-gib > 0.")
+    if args.sleep < 0 or args.worker_cpus <= 0 or args.max_step_gib <= 0 or args.slow_factor < 1:
+        raise BenchInputError(
+            "--sleep must be >= 0, --worker-cpus and --max-step-gib > 0, --slow-factor >= 1."
+        )
     reason = namespace_support()
     if reason is not None:
         raise BenchInputError(f"bench cluster runs its nodes in network namespaces: {reason}.")
@@ -158,9 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for mode, text in {
                 "flat": f"FlatReptile (combine='all'), tasks_per_call={args.flat_tasks_per_call}: "
                 "every task's float32 weights to the driver, which sums them exactly",
-                "reduced": "ReptileMetaRL (combine='sum'), tasks_per_call='auto', "
+                "reduced": f"ReptileMetaRL (combine='sum'), tasks_per_call={args.tasks_per_call!r}, "
                 "node_reduction=False: one int64 partial sum per actor call to the driver",
-                "node": "ReptileMetaRL (combine='sum'), tasks_per_call='auto', "
+                "node": f"ReptileMetaRL (combine='sum'), tasks_per_call={args.tasks_per_call!r}, "
                 "node_reduction=True: the calls' sums combined on their nodes, then on one "
                 "worker, which makes the mean; one float32 mean per outer step to the driver",
             }.items()
@@ -184,7 +188,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sent, node-to-node traffic included. Frame bytes (Ethernet/IP/TCP headers; network.mtu), "
         "idle traffic of Ray included (network.idle_bytes_per_second)",
         "memory": "peak RSS of the driver process, sampled every 5 ms by a thread",
-        "beyond_sleep": "trainer step_seconds - ceil(B / workers) * sleep_seconds",
+        "slow_factor": args.slow_factor,
+        "beyond_sleep": "trainer step_seconds - the least time the step's sleeps take: "
+        "ceil(B / workers) * sleep_seconds, or with a slow worker (--slow-factor F > 1) "
+        "B * sleep_seconds / (workers - 1 + 1 / F)",
         "task_source": "source_cpu_seconds: user + system CPU of the task-source actor's process "
         "over the outer step, in the kernel's clock ticks (10 ms) (it draws the next steps' tasks "
         "while this step's inner loops run); "
@@ -222,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "nodes": args.nodes, "workers": workers, "sizes": args.size_list, "groups": groups,
             "sleep": args.sleep, "worker_cpus": args.worker_cpus, "outer_steps": args.outer_steps,
             "flat_tasks_per_call": args.flat_tasks_per_call, "seed": args.seed,
+            "tasks_per_call": args.tasks_per_call, "slow_factor": args.slow_factor,
             "modes": args.mode_list,
             "raw_path": str(raw_path),
         }  # fmt: skip
@@ -272,6 +280,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _tasks_per_call(text: str) -> int | str:
+    try:
+        return check_tasks_per_call(text if text in ("auto", "guided") else int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The cluster benchmark's options."""
     half = psutil.virtual_memory().total / 2**31
@@ -289,6 +304,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-cpus", type=float, default=0.01, help="Ray CPUs of each worker")
     parser.add_argument(
         "--flat-tasks-per-call", type=int, default=1, help="tasks_per_call of the flat mode"
+    )
+    parser.add_argument(
+        "--tasks-per-call",
+        type=_tasks_per_call,
+        default="auto",
+        help="tasks_per_call of the reduced and node modes: auto, guided or an integer",
+    )
+    parser.add_argument(
+        "--slow-factor",
+        type=float,
+        default=1.0,
+        help="one worker sleeps this many times longer per task (1: none)",
     )
     parser.add_argument(
         "--max-step-gib",

@@ -39,7 +39,25 @@ class FlatReptile(ReptileMetaRL):
 
 class ShiftLearner(SleepLearner):
     """Sleeps ``sleep_seconds``, then returns the meta weights plus a constant that depends only
-    on the task's seed: nonzero deltas, the same in every mode and run."""
+    on the task's seed: nonzero deltas, the same in every mode and run.
+
+    With ``slow_factor`` > 1 in the inner loop's parameters, the first worker to run a task (the
+    one that creates the file ``slow_flag``) sleeps that many times longer on every task: a slow
+    worker, to see what the dispatch does with it."""
+
+    _slow: float | None = None
+
+    def pause(self) -> float:
+        if self._slow is None:
+            factor = float(self.inner_loop_params.get("slow_factor", 1.0))
+            self._slow = 1.0
+            if factor > 1.0:
+                try:
+                    os.close(os.open(self.inner_loop_params["slow_flag"], os.O_CREAT | os.O_EXCL))
+                    self._slow = factor
+                except FileExistsError:
+                    pass
+        return super().pause() * self._slow
 
     def run(self, job: TaskJob, meta_weights: NumpyWeights) -> AdaptedResult:
         result = super().run(job, meta_weights)
@@ -268,9 +286,15 @@ def _run_size(
                 num_workers=spec["workers"],
                 inner_learner_cls=ShiftLearner,
                 task_batch_size=batches[0],
-                inner_loop_params={"sleep_seconds": spec["sleep"]},
+                inner_loop_params={
+                    "sleep_seconds": spec["sleep"],
+                    "slow_factor": spec["slow_factor"],
+                    "slow_flag": f"{spec['raw_path']}.{mode}.{size}.slow",
+                },
                 worker_resources={"num_cpus": spec["worker_cpus"], "bench_worker": 1},
-                tasks_per_call=spec["flat_tasks_per_call"] if mode == "flat" else "auto",
+                tasks_per_call=spec["flat_tasks_per_call"]
+                if mode == "flat"
+                else spec["tasks_per_call"],
                 node_reduction=mode == "node",
                 verbose=0,
             )
@@ -309,6 +333,7 @@ def _run_size(
                 raw["groups"].append(
                     {"mode": mode, "params_target": size, "parameters": params, "width": width,
                      "batch": batch, "tasks_per_call": runner.chunk_size(batch),
+                     "calls": len(runner.chunk_plan(batch).sizes()),
                      "digest": _digest(meta), "steps": probe.steps}
                 )  # fmt: skip
                 Path(spec["raw_path"]).write_text(json.dumps(raw), encoding="utf-8")

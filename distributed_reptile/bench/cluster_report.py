@@ -20,11 +20,15 @@ def summarize_group(
     """Per-step figures of one ``(mode, P, B)`` and their medians."""
     steps, batch = group["steps"], group["batch"]
     sleep_path = math.ceil(batch / workers) * args.sleep
+    slow = float(getattr(args, "slow_factor", 1.0))
+    if slow > 1.0:
+        sleep_path = batch * args.sleep / (workers - 1 + 1 / slow)
     for s in steps:
         s["beyond_sleep_seconds"] = s["step_seconds"] - sleep_path
         s["driver_cpu_per_task_ms"] = s["driver_cpu_seconds"] / batch * 1e3
     keys = ("mode", "params_target", "parameters", "width", "batch", "tasks_per_call", "digest")
     out: dict[str, Any] = {k: group[k] for k in keys}
+    out["calls"] = group.get("calls")
     for key in (
         "driver_cpu_seconds", "driver_cpu_per_task_ms", "step_seconds", "beyond_sleep_seconds",
         "wall_seconds", "wait_seconds", "meta_update_seconds", "sample_seconds",
@@ -137,7 +141,7 @@ def print_results(results: list[dict[str, Any]], skipped: list[dict[str, Any]]) 
     rows = [
         {
             "mode": r["mode"], "params": r["parameters"], "batch": r["batch"],
-            "tpc": r["tasks_per_call"], "step": r["step_seconds"]["median"],
+            "tpc": r["tasks_per_call"], "calls": r.get("calls"), "step": r["step_seconds"]["median"],
             "beyond": r["beyond_sleep_seconds"]["median"], "cpu": r["driver_cpu_seconds"]["median"],
             "cpu_task": r["driver_cpu_per_task_ms"]["median"],
             "mb_in": r["driver_node_in_bytes"]["median"] / 1e6 if "driver_node_in_bytes" in r else None,
@@ -151,7 +155,7 @@ def print_results(results: list[dict[str, Any]], skipped: list[dict[str, Any]]) 
         rows,
         [
             ("mode", "mode", ""), ("params", "P", ","), ("batch", "B", "d"),
-            ("tpc", "tasks/call", "d"), ("step", "step s", ".3f"), ("beyond", "beyond sleep s", ".3f"),
+            ("tpc", "tasks/call", "d"), ("calls", "calls", "d"), ("step", "step s", ".3f"), ("beyond", "beyond sleep s", ".3f"),
             ("cpu", "driver CPU s", ".3f"), ("cpu_task", "CPU/task ms", ".3f"),
             ("mb_in", "MB into driver node", ".2f"), ("rss", "peak RSS MiB", ".0f"),
             ("source", "source CPU s", ".3f"), ("sample", "tasks wait s", ".3f"),

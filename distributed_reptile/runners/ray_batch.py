@@ -17,6 +17,7 @@ from distributed_reptile.ray_pending import WorkersNotStartedError, pending_mess
 from distributed_reptile.ray_utils import same_error
 from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import NOT_RETRIED, TaskFailedError
+from distributed_reptile.runners.chunking import ChunkPlan
 from distributed_reptile.runners.ray_pool_api import PoolChange, WorkerPool
 from distributed_reptile.runners.ray_sums import NodeSums
 from distributed_reptile.runners.ray_transport import WeightsArg
@@ -42,7 +43,8 @@ class BatchScheduler:
     :param pool: the workers.
     :param jobs: the jobs of the batch.
     :param weights_arg: the meta weights, as :func:`weights_argument` made them.
-    :param chunk: jobs per actor call.
+    :param chunk: jobs per actor call: a number, or a
+        :class:`~distributed_reptile.runners.chunking.ChunkPlan` that sizes each call.
     :param pipeline_depth: calls queued per worker at once.
     :param task_retries: reruns of a failed job before the run fails.
     :param task_timeout_s: time limit of one job in seconds (``None``: no limit).
@@ -64,7 +66,7 @@ class BatchScheduler:
         jobs: list[TaskJob],
         weights_arg: WeightsArg,
         *,
-        chunk: int,
+        chunk: int | ChunkPlan,
         pipeline_depth: int,
         task_retries: int,
         task_timeout_s: float | None,
@@ -86,7 +88,13 @@ class BatchScheduler:
         self.pending: list[TaskJob] = sorted(jobs, key=lambda j: j.index)
         self.order = [j.index for j in self.pending]
         n = self.num_workers = pool.num_workers
-        self.chunk = chunk
+        self.plan = (
+            chunk
+            if isinstance(chunk, ChunkPlan)
+            else ChunkPlan(chunk, len(jobs), pool.num_workers, pipeline_depth)
+        )
+        #: The most jobs one call carries.
+        self.chunk = self.plan.largest
         self.window = (n * pipeline_depth + n) * self.chunk
         self.queues: list[deque[ray.ObjectRef]] = [deque() for _ in range(n)]
         self.head_since = [0.0] * n
@@ -145,8 +153,9 @@ class BatchScheduler:
             idx = min(workers, key=lambda k: len(self.queues[k]))
             if len(self.queues[idx]) >= self.pipeline_depth:
                 break
-            chunk = self.pending[: self.chunk]
-            del self.pending[: self.chunk]
+            size = self.plan.next(len(self.pending), len(workers))
+            chunk = self.pending[:size]
+            del self.pending[:size]
             now = time.perf_counter()
             if self.keep_sums:
                 fold = self.sums.loose_on(self.pool.node_of(idx))

@@ -10,6 +10,7 @@ import numpy as np
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import LearnerFactory
+from distributed_reptile.runners.chunking import ChunkPlan
 from distributed_reptile.runners.ray_actors import ActorPool
 from distributed_reptile.runners.ray_batch import BatchScheduler
 from distributed_reptile.runners.ray_transport import weights_argument
@@ -188,7 +189,7 @@ class RayRunner:
             self._pool,
             jobs,
             weights_arg,
-            chunk=self.chunk_size(len(jobs)),
+            chunk=self.chunk_plan(len(jobs)),
             pipeline_depth=self.pipeline_depth,
             task_retries=self.task_retries,
             task_timeout_s=self.task_timeout_s,
@@ -212,14 +213,16 @@ class RayRunner:
         """Whether a batch of ``batch_size`` tasks whose sums cover ``params`` parameters combines
         them on the nodes (see ``node_reduction``), with the workers up now."""
         nodes = {self._pool.node_of(i) for i in self._pool.ready_workers()} - {None}
-        calls = -(-batch_size // self.chunk_size(batch_size))
+        calls = len(self.chunk_plan(batch_size).sizes())
         return wants_node_reduction(self.node_reduction, len(nodes), calls, params)
 
+    def chunk_plan(self, batch_size: int) -> ChunkPlan:
+        """The sizes of the actor calls of a batch of ``batch_size`` tasks."""
+        return ChunkPlan(self.tasks_per_call, batch_size, self.num_workers, self.pipeline_depth)
+
     def chunk_size(self, batch_size: int) -> int:
-        """Tasks per actor call for a batch of ``batch_size`` tasks."""
-        if self.tasks_per_call == "auto":
-            return max(1, -(-batch_size // self.num_workers))
-        return int(self.tasks_per_call)
+        """The most tasks one actor call of a batch of ``batch_size`` tasks carries."""
+        return self.chunk_plan(batch_size).largest
 
     def replace_actor(self, idx: int) -> None:
         """Kill worker ``idx`` for good and start a new actor in its place."""

@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tasks-per-call",
         default="auto",
-        help="tasks per Ray actor call: an integer, or auto (the batch split evenly "
-        "over the workers, one call each)",
+        help="tasks per Ray actor call: an integer, auto (the batch split evenly "
+        "over the workers, one call each) or guided (calls that shrink as the batch runs out)",
     )
     parser.add_argument("--backend", choices=["ray", "serial"], default="ray")
     parser.add_argument("--seed", type=int, default=0)
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else None,
         num_workers=args.num_workers,
         tasks_per_call=args.tasks_per_call
-        if args.tasks_per_call == "auto"
+        if args.tasks_per_call in ("auto", "guided")
         else int(args.tasks_per_call),
         backend=args.backend,
         seed=args.seed,

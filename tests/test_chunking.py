@@ -1,0 +1,112 @@
+"""How a batch's tasks are split into actor calls (``tasks_per_call``): the sizes of guided calls,
+the meta weights on every split, and what a slow worker holds."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import assert_same_weights, cartpole_kwargs, weights_of
+from test_reliability import flaky_params
+
+from distributed_reptile import ReptileMetaRL
+from distributed_reptile.bench.cluster_driver import ShiftLearner
+from distributed_reptile.runners.chunking import GUIDED_MIN_SHARE, GUIDED_SPREAD, ChunkPlan
+from distributed_reptile.settings import check_tasks_per_call
+
+
+@pytest.mark.parametrize(
+    ("batch", "workers"), [(1, 1), (7, 3), (16, 2), (64, 8), (1024, 8), (1000, 64), (5000, 16)]
+)
+def test_guided_calls_cover_the_batch_shrink_and_stay_few(batch: int, workers: int) -> None:
+    plan = ChunkPlan("guided", batch, workers, pipeline_depth=2)
+    sizes = plan.sizes()
+    assert sum(sizes) == batch and all(s >= 1 for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # the calls shrink as the batch runs out
+    assert plan.largest == sizes[0]
+    share = batch / workers
+    # a worker's two queued calls at the start hold about 1 / GUIDED_SPREAD of its even share
+    assert sum(sizes[:2]) <= max(2, share / GUIDED_SPREAD + 2)
+    smallest = -(-batch // (GUIDED_MIN_SHARE * workers))
+    assert all(s >= smallest for s in sizes[:-1])
+    # the calls grow with the workers and slowly with the tasks, never past one per task
+    assert len(sizes) <= min(batch, 2 * GUIDED_SPREAD * 2 * workers + GUIDED_MIN_SHARE * workers)
+
+
+def test_the_call_sizes_of_each_setting() -> None:
+    assert len(ChunkPlan("guided", 1024, 8, 2).sizes()) == 54
+    assert ChunkPlan("guided", 1024, 8, 2).sizes()[:3] == [32, 31, 31]
+    assert ChunkPlan("guided", 16, 8, 2).sizes() == [1] * 16  # few tasks: one per call
+    assert ChunkPlan("auto", 10, 4, 2).sizes() == [3, 3, 3, 1]
+    assert ChunkPlan(3, 10, 4, 2).sizes() == [3, 3, 3, 1]
+    assert ChunkPlan(1, 5, 4, 2).sizes() == [1] * 5
+    # fewer workers up: larger guided calls for the same tasks left
+    plan = ChunkPlan("guided", 1024, 8, 2)
+    assert plan.next(512, 2) > plan.next(512, 8) >= plan.smallest
+    assert check_tasks_per_call("guided") == "guided"
+    with pytest.raises(ValueError, match="or 'guided'"):
+        check_tasks_per_call("balanced")
+
+
+def test_guided_calls_with_a_task_failing_inside_one_give_the_serial_weights(
+    ray_session, tmp_path
+) -> None:
+    """24 tasks per outer step on 2 workers: guided calls of 3, 3, 3, 2, ... tasks whose int64
+    sums meet on the node; a task of the second step fails once and runs again alone, the other
+    tasks of its call going back to the queue. The meta weights are a serial run's, bit for bit."""
+    run: dict[str, Any] = {"inner_steps": 64, "outer_steps": 2, "task_batch_size": 24}
+    assert ChunkPlan("guided", 24, 2, 2).sizes()[:4] == [3, 3, 3, 2]
+    with ReptileMetaRL(**cartpole_kwargs(**run)) as meta:
+        meta.learn()
+        serial, records = weights_of(meta), meta.step_records
+    fresh = [t for t in records[1]["tasks"] if not t["revisit"]]
+    params = flaky_params(fresh[1]["random_seed"], tmp_path, once=True)
+    kwargs = cartpole_kwargs(
+        **run, backend="ray", num_workers=2, tasks_per_call="guided", node_reduction=True
+    )
+    with ReptileMetaRL(**{**kwargs, "tasks_generator_params": params}) as meta:
+        meta.learn()
+        errors = [e for e in meta.runner.retry_events if e["kind"] == "error"]  # type: ignore[attr-defined]
+        assert [e["meta_step"] for e in errors] == [fresh[1]["meta_step"]]
+        assert_same_weights(weights_of(meta), serial)
+
+
+def _slow_worker_run(tasks_per_call: str, tmp_path: Any) -> tuple[Any, dict[str, Any]]:
+    """One outer step of 16 sleeping tasks on 2 workers, one of which sleeps 10 times longer."""
+    kwargs = cartpole_kwargs(
+        backend="ray",
+        num_workers=2,
+        outer_steps=1,
+        task_batch_size=16,
+        inner_learner_cls=ShiftLearner,
+        inner_loop_params={
+            "sleep_seconds": 0.02,
+            "slow_factor": 10.0,
+            "slow_flag": str(tmp_path / f"slow-{tasks_per_call}"),
+        },
+        tasks_per_call=tasks_per_call,
+    )
+    with ReptileMetaRL(**kwargs) as meta:
+        meta.learn()
+        return weights_of(meta), meta.step_records[0]
+
+
+def test_a_slow_worker_holds_less_than_its_share_with_guided_calls(ray_session, tmp_path) -> None:
+    """With "auto" each of the 2 workers holds its 8 tasks, so the slow one (0.2 s per task) holds
+    the step for 1.6 s; with guided calls it holds at most two calls of 2 tasks at the start and
+    the fast worker runs what is left: the step ends sooner, with the same meta weights."""
+    results = {mode: _slow_worker_run(mode, tmp_path) for mode in ("auto", "guided")}
+    held = {}
+    for mode, (_, record) in results.items():
+        slow_pids = {
+            pid
+            for pid, t in zip(record["task_pids"], record["task_timings"], strict=True)
+            if t["learn"] >= 0.15
+        }
+        assert len(slow_pids) == 1, f"{mode}: one slow worker, got {slow_pids}"
+        held[mode] = Counter(record["task_pids"])[slow_pids.pop()]
+    assert held["auto"] == 8
+    assert held["guided"] <= 4
+    assert results["guided"][1]["step_seconds"] < results["auto"][1]["step_seconds"]
+    assert_same_weights(results["auto"][0], results["guided"][0])
