@@ -12,7 +12,13 @@ from test_reliability import flaky_params
 
 from distributed_reptile import ReptileMetaRL
 from distributed_reptile.bench.cluster_driver import ShiftLearner
-from distributed_reptile.runners.chunking import GUIDED_MIN_SHARE, GUIDED_SPREAD, ChunkPlan
+from distributed_reptile.runners.chunking import (
+    GUIDED_MIN_SHARE,
+    GUIDED_SPREAD,
+    SPEED_WEIGHT_RANGE,
+    ChunkPlan,
+    WorkerSpeeds,
+)
 from distributed_reptile.settings import check_tasks_per_call
 
 
@@ -43,10 +49,38 @@ def test_the_call_sizes_of_each_setting() -> None:
     assert ChunkPlan(1, 5, 4, 2).sizes() == [1] * 5
     # fewer workers up: larger guided calls for the same tasks left
     plan = ChunkPlan("guided", 1024, 8, 2)
-    assert plan.next(512, 2) > plan.next(512, 8) >= plan.smallest
+    assert plan.next(512, [0, 1]) > plan.next(512, list(range(8))) >= plan.smallest
     assert check_tasks_per_call("guided") == "guided"
     with pytest.raises(ValueError, match="or 'guided'"):
         check_tasks_per_call("balanced")
+
+
+class _Result:
+    def __init__(self, seconds: float) -> None:
+        self.timings = {"total": seconds}
+
+
+def test_guided_calls_follow_each_workers_measured_speed() -> None:
+    speeds = WorkerSpeeds()
+    plan = ChunkPlan("guided", 1024, 4, 2, speeds)
+    up = [0, 1, 2, 3]
+    assert plan.next(1024, up, 0) == plan.next(1024, up, 3) == 64  # nothing measured: alike
+    for worker in (0, 1, 2):
+        speeds.observe(worker, [_Result(0.02)] * 10)  # 50 tasks per second
+    speeds.observe(3, [_Result(0.08)] * 10)  # a quarter as fast
+    assert speeds.weight(3, up) == pytest.approx(12.5 / 40.625)
+    assert plan.next(1024, up, 3) == 20 and plan.next(1024, up, 0) == 79
+    assert plan.next(40, up, 3) == 10  # the smallest call (32) scaled down as well
+    assert plan.next(1024, [0, 1, 2], 0) == 86  # the slow one left out of the mean: all alike
+    speeds.observe(3, [_Result(0.02)] * 10)  # it got faster: an average of the two
+    assert speeds.speeds[3] == pytest.approx((50 + 12.5) / 2)
+    speeds.observe(3, [])  # nothing to learn from
+    speeds.forget(3)
+    assert speeds.weight(3, up) == 1.0
+    speeds.forget(2)
+    speeds.observe(2, [_Result(100.0)])  # clipped: never below 1/16 of the mean
+    assert speeds.weight(2, up) == SPEED_WEIGHT_RANGE[0]
+    assert ChunkPlan(4, 1024, 4, 2, speeds).next(1024, up, 2) == 4  # only guided calls scale
 
 
 def test_guided_calls_with_a_task_failing_inside_one_give_the_serial_weights(
@@ -72,12 +106,14 @@ def test_guided_calls_with_a_task_failing_inside_one_give_the_serial_weights(
         assert_same_weights(weights_of(meta), serial)
 
 
-def _slow_worker_run(tasks_per_call: str, tmp_path: Any) -> tuple[Any, dict[str, Any]]:
-    """One outer step of 16 sleeping tasks on 2 workers, one of which sleeps 10 times longer."""
+def _slow_worker_run(
+    tasks_per_call: str, tmp_path: Any, outer_steps: int
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Outer steps of 16 sleeping tasks on 2 workers, one of which sleeps 10 times longer."""
     kwargs = cartpole_kwargs(
         backend="ray",
         num_workers=2,
-        outer_steps=1,
+        outer_steps=outer_steps,
         task_batch_size=16,
         inner_learner_cls=ShiftLearner,
         inner_loop_params={
@@ -89,24 +125,32 @@ def _slow_worker_run(tasks_per_call: str, tmp_path: Any) -> tuple[Any, dict[str,
     )
     with ReptileMetaRL(**kwargs) as meta:
         meta.learn()
-        return weights_of(meta), meta.step_records[0]
+        return weights_of(meta), meta.step_records
 
 
 def test_a_slow_worker_holds_less_than_its_share_with_guided_calls(ray_session, tmp_path) -> None:
     """With "auto" each of the 2 workers holds its 8 tasks, so the slow one (0.2 s per task) holds
-    the step for 1.6 s; with guided calls it holds at most two calls of 2 tasks at the start and
-    the fast worker runs what is left: the step ends sooner, with the same meta weights."""
-    results = {mode: _slow_worker_run(mode, tmp_path) for mode in ("auto", "guided")}
+    the step for 1.6 s; with guided calls it holds two calls of 2 tasks at the start, and in the
+    next outer step, its speed measured, calls of one task: the fast worker runs the rest. The
+    steps end sooner, with the same meta weights."""
+    results = {"auto": _slow_worker_run("auto", tmp_path, 2)}
+    results["guided"] = _slow_worker_run("guided", tmp_path, 2)
     held = {}
-    for mode, (_, record) in results.items():
-        slow_pids = {
-            pid
-            for pid, t in zip(record["task_pids"], record["task_timings"], strict=True)
-            if t["learn"] >= 0.15
-        }
-        assert len(slow_pids) == 1, f"{mode}: one slow worker, got {slow_pids}"
-        held[mode] = Counter(record["task_pids"])[slow_pids.pop()]
-    assert held["auto"] == 8
-    assert held["guided"] <= 4
-    assert results["guided"][1]["step_seconds"] < results["auto"][1]["step_seconds"]
+    for mode, (_, records) in results.items():
+        for step, record in enumerate(records):
+            slow_pids = {
+                pid
+                for pid, t in zip(record["task_pids"], record["task_timings"], strict=True)
+                if t["learn"] >= 0.15
+            }
+            assert len(slow_pids) == 1, f"{mode}: one slow worker, got {slow_pids}"
+            held[mode, step] = Counter(record["task_pids"])[slow_pids.pop()]
+    assert held["auto", 0] == held["auto", 1] == 8
+    # two calls of 2 tasks at the start, perhaps one more task once its speed is known
+    assert held["guided", 0] <= 5
+    # calls of one task (two queued), perhaps a third: its speed was measured in the first step
+    assert held["guided", 1] <= 3
+    for step in (0, 1):
+        guided, auto = (results[m][1][step]["step_seconds"] for m in ("guided", "auto"))
+        assert guided < auto
     assert_same_weights(results["auto"][0], results["guided"][0])

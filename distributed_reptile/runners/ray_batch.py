@@ -153,7 +153,7 @@ class BatchScheduler:
             idx = min(workers, key=lambda k: len(self.queues[k]))
             if len(self.queues[idx]) >= self.pipeline_depth:
                 break
-            size = self.plan.next(len(self.pending), len(workers))
+            size = self.plan.next(len(self.pending), workers, idx)
             chunk = self.pending[:size]
             del self.pending[:size]
             now = time.perf_counter()
@@ -324,9 +324,13 @@ class BatchScheduler:
                     self.done[job.index] = result
             if self.keep_sums:
                 self.sums.kept(stored, idx, chunk, carried, results[0])
+            if self.plan.speeds is not None:
+                self.plan.speeds.observe(idx, results)
             worker = results[0].worker
             restarted = self.pool.check_restarted(idx, worker.get("pid"), worker.get("node_id"))
             if restarted is not None:
+                if self.plan.speeds is not None:
+                    self.plan.speeds.forget(idx)
                 attempt = self.failures.get(chunk[0].index, 0) + 1
                 self.record_retry("worker_restarted", chunk[0], attempt, idx, restarted)
 

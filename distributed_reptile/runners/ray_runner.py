@@ -10,7 +10,7 @@ import numpy as np
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.reduction import TaskReducer
 from distributed_reptile.runners.base import LearnerFactory
-from distributed_reptile.runners.chunking import ChunkPlan
+from distributed_reptile.runners.chunking import ChunkPlan, WorkerSpeeds
 from distributed_reptile.runners.ray_actors import ActorPool
 from distributed_reptile.runners.ray_batch import BatchScheduler
 from distributed_reptile.runners.ray_transport import weights_argument
@@ -135,6 +135,8 @@ class RayRunner:
         #: ``"worker_added"`` when the pool shrinks or grows, with ``workers``, the workers up after,
         #: and no task), ``meta_step``, ``index``, ``attempt``, ``worker`` and ``reason``.
         self.retry_events: list[dict[str, Any]] = []
+        #: Each worker's measured speed, which sizes ``tasks_per_call="guided"`` calls.
+        self.speeds = WorkerSpeeds()
         self._pool = ActorPool(
             learner_factory,
             self.num_workers,
@@ -218,7 +220,9 @@ class RayRunner:
 
     def chunk_plan(self, batch_size: int) -> ChunkPlan:
         """The sizes of the actor calls of a batch of ``batch_size`` tasks."""
-        return ChunkPlan(self.tasks_per_call, batch_size, self.num_workers, self.pipeline_depth)
+        return ChunkPlan(
+            self.tasks_per_call, batch_size, self.num_workers, self.pipeline_depth, self.speeds
+        )
 
     def chunk_size(self, batch_size: int) -> int:
         """The most tasks one actor call of a batch of ``batch_size`` tasks carries."""
@@ -227,6 +231,7 @@ class RayRunner:
     def replace_actor(self, idx: int) -> None:
         """Kill worker ``idx`` for good and start a new actor in its place."""
         self._pool.replace(idx)
+        self.speeds.forget(idx)
 
     def close(self) -> None:
         self._pool.stop()
