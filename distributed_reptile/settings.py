@@ -275,7 +275,10 @@ class TrainerSettings(TrainerFields):
         (``None``: no limit; Ray backend only).
     :param tasks_per_call: tasks sent to a Ray worker in one actor call: ``1`` (default) balances
         the load best; more (or ``"auto"``: the batch split evenly over the workers) saves Ray's
-        per-call cost when inner loops take only milliseconds. The meta weights do not depend on it.
+        per-call cost when inner loops take only milliseconds; ``"guided"``: calls that shrink as
+        the batch runs out, scaled by each worker's measured speed (few calls, and a slow worker
+        holds a small part of the step; see :mod:`distributed_reptile.runners.chunking`). The
+        meta weights do not depend on it.
     :param node_reduction: with an algorithm whose ``combine`` is ``"sum"`` (Reptile), combine the
         partial sums of a node's actor calls on that node, and the nodes' sums on one worker, so
         the driver receives one int64 sum (8 bytes per parameter) per outer step instead of one

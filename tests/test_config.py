@@ -337,3 +337,12 @@ def test_unreadable_or_non_mapping_files_are_config_errors(tmp_path: Path) -> No
     broken.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_tasks_per_call_takes_a_number_auto_or_guided() -> None:
+    for value in (3, "auto", "guided"):
+        config = RunConfig.from_dict(_with(tasks_per_call=value), source="ok.yaml")
+        assert config.trainer_kwargs()["tasks_per_call"] == value
+    problems = _problems(_with(tasks_per_call="guide"))
+    assert len(problems) == 1 and problems[0].startswith("tasks_per_call:")
+    assert "'guided'" in problems[0]

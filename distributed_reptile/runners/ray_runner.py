@@ -91,7 +91,9 @@ class RayRunner:
         batch, run one after the other from the same weights). ``1`` (the default) balances the
         load best; more saves Ray's per-call cost (about a millisecond) when tasks take only a few
         milliseconds. ``"auto"``: the batch split evenly over the workers, one call each.
-        Results, and so the meta weights, do not depend on it.
+        ``"guided"``: calls that shrink as the batch runs out, scaled by each worker's measured
+        speed (:mod:`~distributed_reptile.runners.chunking`). Results, and so the meta weights,
+        do not depend on it.
     :param node_reduction: with a ``reducer`` (``combine = "sum"``): ``True`` keeps each call's
         partial sum on its node, combines them per node and then once more on one worker, so the
         driver receives one sum per outer step (see
