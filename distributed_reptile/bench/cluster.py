@@ -189,6 +189,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "idle traffic of Ray included (network.idle_bytes_per_second)",
         "memory": "peak RSS of the driver process, sampled every 5 ms by a thread",
         "slow_factor": args.slow_factor,
+        "calls": "actor calls of an outer step with every worker up and all alike "
+        "(ChunkPlan.sizes; guided calls also follow the workers' measured speeds)",
         "beyond_sleep": "trainer step_seconds - the least time the step's sleeps take: "
         "ceil(B / workers) * sleep_seconds, or with a slow worker (--slow-factor F > 1) "
         "B * sleep_seconds / (workers - 1 + 1 / F)",
