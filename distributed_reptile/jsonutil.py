@@ -32,6 +32,13 @@ import numpy as np
 
 def to_jsonable(value: Any) -> Any:
     """``value`` as plain, strict-JSON values (see the module docstring)."""
+    kind = type(value)  # the common exact types first: a step record holds thousands of them
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is dict:
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

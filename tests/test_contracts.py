@@ -18,8 +18,12 @@ from conftest import (
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 
 from distributed_reptile import InnerLearner, ReptileMetaRL, TaskGenerator, TaskJob, linear_schedule
+from distributed_reptile.seeding import task_seed, task_seeds
 from distributed_reptile.tasks.families import make_cartpole_task
 from distributed_reptile.weights import module_to_numpy
+
+#: task_seed(0, 0), task_seed(0, 1), task_seed(7, 2**40) as every earlier version derived them.
+PINNED_TASK_SEEDS = [786342974, 1754712616, 1019484015]
 
 
 def _train(**overrides: Any) -> tuple[dict[str, th.Tensor], list[dict[str, Any]]]:
@@ -187,3 +191,23 @@ def test_run_stopped_by_a_callback_then_resumed_equals_uninterrupted_run(
         resumed.learn(reset_num_timesteps=False)
         assert resumed.num_outer_steps == 4
         assert_same_weights(expected, weights_of(resumed))
+
+
+def test_task_seeds_of_a_step_are_the_per_task_seeds_bit_for_bit() -> None:
+    """The driver derives a step's task seeds together (NumPy's SeedSequence hash on uint32
+    columns); each must be the one ``task_seed`` gives, for run seeds and meta steps of one and two
+    32-bit words and beyond 64 bits (masked), and the values must stay those of earlier versions."""
+    rng = np.random.default_rng(0)
+    cases = [
+        (0, list(range(300))),
+        (2**32 + 5, [0, 1, 2**32 - 1, 2**32, 2**40 + 3, 2**64 - 1]),
+        (2**64 - 1, [7, 2**33, 2**64 + 9]),
+        (
+            123_456_789,
+            [int(x) for x in rng.integers(0, 2**63, 200)] + list(range(10**6, 10**6 + 50)),
+        ),
+    ]
+    for run_seed, steps in cases:
+        assert task_seeds(run_seed, steps) == [task_seed(run_seed, m) for m in steps]
+    assert task_seeds(5, []) == []
+    assert [task_seed(0, 0), task_seed(0, 1), task_seed(7, 2**40)] == PINNED_TASK_SEEDS

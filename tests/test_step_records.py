@@ -246,3 +246,32 @@ def test_totals_round_trip_and_sessions() -> None:
     # whole records (as old callers pass them) count as one, current, session
     summary = run_summary([record.to_dict()], 2.0)
     assert summary["outer_steps"] == 1 and summary["tasks_per_node"] == {"a": 2}
+
+
+def test_to_jsonable_gives_strict_json_values() -> None:
+    import dataclasses
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from distributed_reptile.jsonutil import dumps, to_jsonable
+
+    @dataclasses.dataclass
+    class Point:
+        x: float
+        tags: tuple[str, ...]
+
+    value = {
+        1: math.nan, "inf": -math.inf, "f": 0.25, "b": True, "n": None, "s": "x",
+        "np": np.float32(1.5), "np_nan": np.float64("nan"), "arr": np.arange(3),
+        "zero_d": np.array(7), "set": {3, 1}, "path": Path("/tmp/a"), "fn": dumps,
+        "point": Point(math.inf, ("a",)), "nested": [{"k": (np.int64(2), math.nan)}],
+    }  # fmt: skip
+    assert to_jsonable(value) == {
+        "1": None, "inf": None, "f": 0.25, "b": True, "n": None, "s": "x", "np": 1.5,
+        "np_nan": None, "arr": [0, 1, 2], "zero_d": 7, "set": [1, 3], "path": "/tmp/a",
+        "fn": "distributed_reptile.jsonutil:dumps", "point": {"x": None, "tags": ["a"]}, "nested": [{"k": [2, None]}],
+    }  # fmt: skip
+    assert type(to_jsonable(True)) is bool and type(to_jsonable(np.bool_(True))) is bool
+    assert "NaN" not in dumps(value)

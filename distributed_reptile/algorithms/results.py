@@ -20,7 +20,7 @@ from typing import Any
 from distributed_reptile.inner.learner import AdaptedResult, TaskJob
 from distributed_reptile.records import TaskOutcome
 from distributed_reptile.reduction import FixedSum
-from distributed_reptile.seeding import task_seed
+from distributed_reptile.seeding import task_seeds
 from distributed_reptile.tasks.spec import TaskSpec
 from distributed_reptile.weights import module_to_numpy, non_finite_names
 
@@ -120,10 +120,11 @@ def step_jobs(
 ) -> list[TaskJob]:
     """The jobs of outer step ``outer`` (0-based): one per task, seeded from (run seed, meta
     step), with its inner TensorBoard folder under ``inner_root`` when inner logs are on."""
+    seeds = task_seeds(seed, [spec.meta_step for spec in specs])
     return [
         TaskJob(
             spec=spec,
-            task_seed=task_seed(seed, spec.meta_step),
+            task_seed=seeds[i],
             index=i,
             tb_log_dir=None
             if inner_root is None
