@@ -8,6 +8,7 @@ import torch as th
 from conftest import make_pendulum_task
 from sb3_contrib import TRPO
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+from stable_baselines3.common.logger import Logger
 
 from distributed_reptile import compute_updates
 
@@ -24,6 +25,7 @@ def _count_steps(model, inner_steps: int, optimizer_attr: str) -> int:
         return original(*args, **kwargs)
 
     optimizer.step = counting_step
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no empty /tmp/SB3-* folder
     model.learn(inner_steps)
     return count["n"]
 
