@@ -65,6 +65,7 @@ def test_guided_calls_follow_each_workers_measured_speed() -> None:
     plan = ChunkPlan("guided", 1024, 4, 2, speeds)
     up = [0, 1, 2, 3]
     assert plan.next(1024, up, 0) == plan.next(1024, up, 3) == 64  # nothing measured: alike
+    assert plan.largest == 64 and plan.most == 128  # a worker twice as fast as the mean, at most
     for worker in (0, 1, 2):
         speeds.observe(worker, [_Result(0.02)] * 10)  # 50 tasks per second
     speeds.observe(3, [_Result(0.08)] * 10)  # a quarter as fast

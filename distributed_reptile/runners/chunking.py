@@ -116,8 +116,13 @@ class ChunkPlan:
             self.smallest = _ceil_div(self.batch_size, self.workers)
         else:
             self.smallest = int(tasks_per_call)
-        #: The most tasks a call carries (the first call of a full batch).
+        #: The tasks of a batch's first call, the workers alike.
         self.largest = self._size(self.batch_size, self.workers, 1.0)
+        #: The most tasks a call may carry (a guided call to a worker faster than the others is
+        #: larger than the first).
+        self.most = self.largest
+        if speeds is not None and tasks_per_call == "guided":
+            self.most = self._size(self.batch_size, self.workers, SPEED_WEIGHT_RANGE[1])
 
     def next(self, pending: int, workers_up: Sequence[int], worker: int | None = None) -> int:
         """Tasks of the next call, to ``worker``, when ``pending`` tasks are not yet handed out

@@ -94,7 +94,7 @@ class BatchScheduler:
             else ChunkPlan(chunk, len(jobs), pool.num_workers, pipeline_depth)
         )
         #: The most jobs one call carries.
-        self.chunk = self.plan.largest
+        self.chunk = self.plan.most
         self.window = (n * pipeline_depth + n) * self.chunk
         self.queues: list[deque[ray.ObjectRef]] = [deque() for _ in range(n)]
         self.head_since = [0.0] * n

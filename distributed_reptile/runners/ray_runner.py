@@ -227,7 +227,8 @@ class RayRunner:
         )
 
     def chunk_size(self, batch_size: int) -> int:
-        """The most tasks one actor call of a batch of ``batch_size`` tasks carries."""
+        """The tasks of the first actor call of a batch of ``batch_size`` tasks (for ``"guided"``,
+        the largest call when the workers are alike)."""
         return self.chunk_plan(batch_size).largest
 
     def replace_actor(self, idx: int) -> None:
