@@ -42,10 +42,11 @@ def positive(value: Any) -> bool:
 
 def test_scaling_times_every_implementation_side_by_side(ray_session, tmp_path):
     report = run_bench(
-        "scaling", tmp_path, "--workers", "1", "--tasks", "2", "--outer-steps", "1", *TINY_PPO
-    )
+        "scaling", tmp_path, "--workers", "1", "--tasks", "2", "--outer-steps", "1",
+        "--implementations", "serial,ray,ray_flat,pool,ray_remote", *TINY_PPO,
+    )  # fmt: skip
     (group,) = report["groups"]
-    assert set(group["implementations"]) == {"serial", "ray", "pool", "ray_remote"}
+    assert set(group["implementations"]) == {"serial", "ray", "ray_flat", "pool", "ray_remote"}
     for label, entry in group["implementations"].items():
         assert entry["workers"] == 1
         assert entry["env_steps_per_outer_step"] == [2 * 64]  # every implementation did the work
@@ -64,7 +65,7 @@ def test_scaling_times_every_implementation_side_by_side(ray_session, tmp_path):
         if label != "ray_remote":  # worker pids of the plain ray.remote calls are not known
             assert len(entry["worker_nice"]) == 1 and isinstance(entry["worker_nice"][0], int)
     targets = {t["name"]: t for t in report["targets"]}
-    assert set(targets) == {"ray2_vs_serial", "ray2_vs_pool"}
+    assert set(targets) == {"ray2_vs_flat", "ray2_vs_serial", "ray2_vs_pool"}
     assert all(t["status"] == "n/a" for t in targets.values())  # no 2-worker group in this run
 
 
@@ -98,13 +99,17 @@ def test_scaling_speedup_compares_with_serial_and_pool_of_the_same_group():
     assert ray["throughput_vs_pool"] == pytest.approx(4.0 / 4.2)
     assert len(rows) == 3
     status = {t.name: t.status for t in scaling_targets(groups)}
-    assert status == {"ray2_vs_serial": "MISS", "ray2_vs_pool": "MISS"}
+    assert status == {"ray2_vs_flat": "n/a", "ray2_vs_serial": "MISS", "ray2_vs_pool": "MISS"}
     groups[0]["implementations"]["ray"] = entry(3.9, 2)
+    groups[0]["implementations"]["ray_flat"] = entry(4.1, 2)  # every task's weights: slower
     summarize_groups(groups, tasks=8, inner_steps=2048)
     assert {t.name: t.status for t in scaling_targets(groups)} == {
+        "ray2_vs_flat": "PASS",
         "ray2_vs_serial": "PASS",
         "ray2_vs_pool": "PASS",
     }
+    groups[0]["implementations"]["ray_flat"] = entry(3.7, 2)  # partial sums 5% slower: a miss
+    assert {t.name: t.status for t in scaling_targets(groups)}["ray2_vs_flat"] == "MISS"
 
 
 def test_overhead_measures_noop_and_sleeping_actors(ray_session, tmp_path):

@@ -35,6 +35,10 @@ from distributed_reptile.bench.workload import Workload, add_workload_arguments,
 
 NAME = "scaling"
 IMPLEMENTATIONS = ("serial", "ray", "pool", "ray_remote")
+#: Also accepted by ``--implementations`` (not run by default): ``ray_flat``, the Ray backend with
+#: every task's adapted weights sent to the driver (``combine = "all"``) instead of one partial sum
+#: per actor call, to compare the two paths in the same run.
+CHOICES = (*IMPLEMENTATIONS, "ray_flat")
 
 
 class _Trainer:
@@ -42,11 +46,13 @@ class _Trainer:
 
     def __init__(self, label: str, workload: Workload, backend: str, workers: int) -> None:
         from distributed_reptile import ReptileMetaRL
+        from distributed_reptile.bench.cluster_driver import FlatReptile
 
         self.label = label
         self.workers = workers
         t0 = time.perf_counter()
-        self.meta = ReptileMetaRL(**workload.trainer_kwargs(backend, num_workers=workers))
+        cls = FlatReptile if label == "ray_flat" else ReptileMetaRL
+        self.meta = cls(**workload.trainer_kwargs(backend, num_workers=workers))
         self.construct_seconds = time.perf_counter() - t0
         info = getattr(self.meta.runner, "worker_info", [{"pid": os.getpid()}])
         self.worker_nice = process_niceness([w["pid"] for w in info])
@@ -125,10 +131,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the scaling benchmark; returns the report (also written to ``args.out_dir``)."""
     workers_list = parse_int_list(args.workers, "--workers")
     implementations = [i.strip() for i in args.implementations.split(",") if i.strip()]
-    unknown = sorted(set(implementations) - set(IMPLEMENTATIONS))
+    unknown = sorted(set(implementations) - set(CHOICES))
     if unknown or not implementations:
         raise BenchInputError(
-            f"--implementations takes a comma-separated subset of {IMPLEMENTATIONS}, got {unknown}."
+            f"--implementations takes a comma-separated subset of {CHOICES}, got {unknown}."
         )
     if args.outer_steps <= 0:
         raise BenchInputError(f"--outer-steps must be a positive integer, got {args.outer_steps}.")
@@ -144,6 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "order": "rounds: one outer step of each implementation per round, order rotated every round",
         "serial": "ReptileMetaRL(backend='serial'): the same InnerLearner in this process, model reused",
         "ray": "ReptileMetaRL(backend='ray', num_workers=k): long-lived actors, model reused",
+        "ray_flat": "the same with combine='all' (every task's adapted weights to the driver, "
+        "which sums them exactly itself) instead of one int64 partial sum per actor call",
         "pool": "benchmarks/reptile_reference.py PoolReference: multiprocessing.Pool(k), spawn, "
         "torch 1 thread, a fresh PPO per task",
         "cpu_seconds": "user + system CPU seconds of this process and its descendants during each "
@@ -170,8 +178,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for k in workers_list:
                 impls: list[Any] = []
                 try:
-                    if "ray" in implementations:
-                        impls.append(_Trainer("ray", workload, "ray", k))
+                    for label in ("ray", "ray_flat"):
+                        if label in implementations:
+                            impls.append(_Trainer(label, workload, "ray", k))
                     if ref is not None and "pool" in implementations:
                         impls.append(_ReferenceLoop("pool", workload, k, ref.PoolReference))
                     if ref is not None and "ray_remote" in implementations:
@@ -313,7 +322,18 @@ def summarize_groups(
 
 def scaling_targets(groups: list[dict[str, Any]]) -> list[Target]:
     ray2 = next((g["implementations"].get("ray") for g in groups if g["workers"] == 2), None)
+    flat2 = next((g["implementations"].get("ray_flat") for g in groups if g["workers"] == 2), None)
     return [
+        Target(
+            "ray2_vs_flat",
+            "Ray backend, 2 workers: partial sums' throughput / every task's weights' (ray_flat)",
+            flat2["seconds_per_outer_step"]["median"] / ray2["seconds_per_outer_step"]["median"]
+            if ray2 and flat2
+            else None,
+            ">=",
+            0.97,
+            "x",
+        ),
         Target(
             "ray2_vs_serial",
             "Ray backend, 2 workers: throughput / serial throughput",
@@ -346,7 +366,7 @@ def plot(fig: Any, report: dict[str, Any]) -> None:
                 row.get("cpu_seconds_per_task"),
             )
         )
-    colors = {label: f"C{i}" for i, label in enumerate(IMPLEMENTATIONS)}
+    colors = {label: f"C{i}" for i, label in enumerate(CHOICES)}
     for label, points in by_impl.items():
         points.sort()
         xs = [p[0] for p in points]
@@ -375,6 +395,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--implementations",
         default=",".join(IMPLEMENTATIONS),
-        help=f"comma-separated subset of {','.join(IMPLEMENTATIONS)}",
+        help=f"comma-separated subset of {','.join(CHOICES)} (default: all but ray_flat)",
     )
     add_workload_arguments(parser)
