@@ -17,6 +17,7 @@ one function wherever it enters.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 from collections.abc import Callable
@@ -68,10 +69,14 @@ def check_task_retries(task_retries: Any) -> int:
     return task_retries
 
 
+#: The named settings of ``tasks_per_call`` (besides an integer).
+TASKS_PER_CALL_MODES = ("auto", "guided")
+
+
 def check_tasks_per_call(tasks_per_call: Any) -> int | str:
     """``tasks_per_call`` as an int >= 1, ``"auto"`` or ``"guided"``, or a ValueError that names
     the fix."""
-    if tasks_per_call in ("auto", "guided"):
+    if tasks_per_call in TASKS_PER_CALL_MODES:
         return str(tasks_per_call)
     if (
         isinstance(tasks_per_call, bool)
@@ -84,6 +89,21 @@ def check_tasks_per_call(tasks_per_call: Any) -> int | str:
             f"the batch runs out), got {tasks_per_call!r}."
         )
     return tasks_per_call
+
+
+def tasks_per_call_arg(text: str) -> int | str:
+    """``tasks_per_call`` from a command-line word (an integer or a named setting), for
+    ``argparse``'s ``type=``: a bad word is an ``ArgumentTypeError`` that names the fix."""
+    value: int | str = text
+    if text not in TASKS_PER_CALL_MODES:
+        try:
+            value = int(text)
+        except ValueError:
+            pass  # refused below, with the settings it takes
+    try:
+        return check_tasks_per_call(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def check_node_reduction(node_reduction: Any) -> bool | str:
@@ -363,6 +383,7 @@ __all__ = [
     "check_task_retries",
     "check_task_timeout",
     "check_tasks_per_call",
+    "tasks_per_call_arg",
     "is_sb3_like",
     "tunable_settings",
     "validate_trainer_settings",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from distributed_reptile.bench import build_parser, cli_main
 from distributed_reptile.bench.cluster import plan
 from distributed_reptile.bench.cluster_driver import MODES
 from distributed_reptile.bench.common import BenchInputError, parse_choice_list, parse_int_list
+from distributed_reptile.settings import tasks_per_call_arg
 
 NO_NAMESPACES = namespace_support()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,8 +57,11 @@ def test_the_default_sweep_skips_what_does_not_fit_and_says_why() -> None:
     parsed = build_parser().parse_args(["cluster", "--tasks-per-call", "guided"])
     assert parsed.tasks_per_call == "guided" and parsed.slow_factor == 1.0
     assert build_parser().parse_args(["cluster", "--tasks-per-call", "16"]).tasks_per_call == 16
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["cluster", "--tasks-per-call", "balanced"])
+    for bad in ("balanced", "0"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["cluster", "--tasks-per-call", bad])
+    with pytest.raises(argparse.ArgumentTypeError, match="'auto' .* or 'guided'"):
+        tasks_per_call_arg("balanced")
 
 
 @pytest.mark.multinode

@@ -60,7 +60,7 @@ from distributed_reptile.bench.common import (
     write_report,
 )
 from distributed_reptile.bench.netns import ClusterNet, RayNodes, namespace_support
-from distributed_reptile.settings import check_tasks_per_call
+from distributed_reptile.settings import tasks_per_call_arg
 
 NAME = "cluster"
 #: Memory of one idle node (raylet, agents, an idle worker) and of one learner actor, for the check.
@@ -282,13 +282,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _tasks_per_call(text: str) -> int | str:
-    try:
-        return check_tasks_per_call(text if text in ("auto", "guided") else int(text))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The cluster benchmark's options."""
     half = psutil.virtual_memory().total / 2**31
@@ -309,7 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tasks-per-call",
-        type=_tasks_per_call,
+        type=tasks_per_call_arg,
         default="auto",
         help="tasks_per_call of the reduced and node modes: auto, guided or an integer",
     )

@@ -28,6 +28,7 @@ import numpy as np
 import torch as th
 
 from distributed_reptile.jsonutil import dumps, write_json
+from distributed_reptile.settings import tasks_per_call_arg
 from distributed_reptile.sine.env import GRID_POINTS, SUPPORT_SIZE, make_sine_task
 from distributed_reptile.step_history import StepTotals
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument(
         "--tasks-per-call",
+        type=tasks_per_call_arg,
         default="auto",
         help="tasks per Ray actor call: an integer, auto (the batch split evenly "
         "over the workers, one call each) or guided (calls that shrink as the batch runs out)",
@@ -239,9 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.meta_optimizer == "momentum"
         else None,
         num_workers=args.num_workers,
-        tasks_per_call=args.tasks_per_call
-        if args.tasks_per_call in ("auto", "guided")
-        else int(args.tasks_per_call),
+        tasks_per_call=args.tasks_per_call,
         backend=args.backend,
         seed=args.seed,
         ray_init_kwargs={"log_to_driver": False},
