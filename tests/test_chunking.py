@@ -30,7 +30,7 @@ def test_guided_calls_cover_the_batch_shrink_and_stay_few(batch: int, workers: i
     sizes = plan.sizes()
     assert sum(sizes) == batch and all(s >= 1 for s in sizes)
     assert sizes == sorted(sizes, reverse=True)  # the calls shrink as the batch runs out
-    assert plan.largest == sizes[0]
+    assert plan.largest == sizes[0] and plan.calls() == len(sizes)
     share = batch / workers
     # a worker's two queued calls at the start hold about 1 / GUIDED_SPREAD of its even share
     assert sum(sizes[:2]) <= max(2, share / GUIDED_SPREAD + 2)
@@ -47,6 +47,9 @@ def test_the_call_sizes_of_each_setting() -> None:
     assert ChunkPlan("auto", 10, 4, 2).sizes() == [3, 3, 3, 1]
     assert ChunkPlan(3, 10, 4, 2).sizes() == [3, 3, 3, 1]
     assert ChunkPlan(1, 5, 4, 2).sizes() == [1] * 5
+    for setting in (1, 3, "auto"):
+        plan = ChunkPlan(setting, 10, 4, 2)
+        assert plan.calls() == len(plan.sizes())
     # fewer workers up: larger guided calls for the same tasks left
     plan = ChunkPlan("guided", 1024, 8, 2)
     assert plan.next(512, [0, 1]) > plan.next(512, list(range(8))) >= plan.smallest

@@ -333,7 +333,7 @@ def _run_size(
                 raw["groups"].append(
                     {"mode": mode, "params_target": size, "parameters": params, "width": width,
                      "batch": batch, "tasks_per_call": runner.chunk_size(batch),
-                     "calls": len(runner.chunk_plan(batch).sizes()),
+                     "calls": runner.chunk_plan(batch).calls(),
                      "digest": _digest(meta), "steps": probe.steps}
                 )  # fmt: skip
                 Path(spec["raw_path"]).write_text(json.dumps(raw), encoding="utf-8")

@@ -20,9 +20,8 @@ def summarize_group(
     """Per-step figures of one ``(mode, P, B)`` and their medians."""
     steps, batch = group["steps"], group["batch"]
     sleep_path = math.ceil(batch / workers) * args.sleep
-    slow = float(getattr(args, "slow_factor", 1.0))
-    if slow > 1.0:
-        sleep_path = batch * args.sleep / (workers - 1 + 1 / slow)
+    if args.slow_factor > 1.0:
+        sleep_path = batch * args.sleep / (workers - 1 + 1 / args.slow_factor)
     for s in steps:
         s["beyond_sleep_seconds"] = s["step_seconds"] - sleep_path
         s["driver_cpu_per_task_ms"] = s["driver_cpu_seconds"] / batch * 1e3

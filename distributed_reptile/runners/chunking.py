@@ -108,14 +108,14 @@ class ChunkPlan:
         self.batch_size = max(1, int(batch_size))
         self.workers = max(1, int(workers))
         self.pipeline_depth = max(1, int(pipeline_depth))
-        #: The fewest tasks a call carries (but the last, which takes what is left).
-        self.smallest = 1
         if tasks_per_call == "guided":
-            self.smallest = _ceil_div(self.batch_size, GUIDED_MIN_SHARE * self.workers)
+            smallest = _ceil_div(self.batch_size, GUIDED_MIN_SHARE * self.workers)
         elif tasks_per_call == "auto":
-            self.smallest = _ceil_div(self.batch_size, self.workers)
+            smallest = _ceil_div(self.batch_size, self.workers)
         else:
-            self.smallest = int(tasks_per_call)
+            smallest = int(tasks_per_call)
+        #: The fewest tasks a call carries (but the last, which takes what is left).
+        self.smallest = smallest
         #: The tasks of a batch's first call, the workers alike.
         self.largest = self._size(self.batch_size, self.workers, 1.0)
         #: The most tasks a call may carry (a guided call to a worker faster than the others is
@@ -138,6 +138,12 @@ class ChunkPlan:
             spread = GUIDED_SPREAD * self.pipeline_depth * max(1, workers_up)
             size = max(math.ceil(size * min(weight, 1.0)), math.ceil(pending * weight / spread))
         return max(1, min(size, pending))
+
+    def calls(self) -> int:
+        """How many calls :meth:`sizes` makes (counted without listing them unless guided)."""
+        if self.tasks_per_call == "guided":
+            return len(self.sizes())
+        return _ceil_div(self.batch_size, self.smallest)
 
     def sizes(self) -> list[int]:
         """The calls of the whole batch with every worker up, all alike, and no task failing."""

@@ -217,7 +217,7 @@ class RayRunner:
         """Whether a batch of ``batch_size`` tasks whose sums cover ``params`` parameters combines
         them on the nodes (see ``node_reduction``), with the workers up now."""
         nodes = {self._pool.node_of(i) for i in self._pool.ready_workers()} - {None}
-        calls = len(self.chunk_plan(batch_size).sizes())
+        calls = self.chunk_plan(batch_size).calls()
         return wants_node_reduction(self.node_reduction, len(nodes), calls, params)
 
     def chunk_plan(self, batch_size: int) -> ChunkPlan:
